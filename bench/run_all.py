@@ -1,0 +1,12 @@
+"""Run every benchmark script in bench/ in turn (each writes bench/results/NAME.json)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+for script in sorted(here.glob("*.py")):
+    if script.name in ("common.py", "run_all.py"):
+        continue
+    print(f"== {script.name}", flush=True)
+    subprocess.run([sys.executable, str(script)], check=True, cwd=here)

@@ -1,0 +1,1 @@
+"""Part I: the Transformer in NumPy, every backward pass written by hand."""
