@@ -38,15 +38,15 @@ def test_relative_error_is_scale_free_and_zero_for_equal_arrays():
 class TransposedWeightGrad(Linear):
     def backward(self, dy):
         x2, dy2 = self.x.reshape(-1, self.d_in), dy.reshape(-1, self.d_out)
-        self.grads["weight"] += x2.T @ dy2
-        self.grads["bias"] += dy2.sum(axis=0)
+        self.dparams["weight"] += x2.T @ dy2
+        self.dparams["bias"] += dy2.sum(axis=0)
         return dy @ self.params["weight"]
 
 
 class ForgetsBias(Linear):
     def backward(self, dy):
         dx = super().backward(dy)
-        self.grads["bias"][...] = 0
+        self.dparams["bias"][...] = 0
         return dx
 
 

@@ -88,8 +88,10 @@ def test_linear_equals_torch_nn_linear_with_copied_weights():
     assert y.dtype == np.float32 and dx.dtype == np.float32
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ours.grads["weight"], ref.weight.grad.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ours.grads["bias"], ref.bias.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ours.dparams["weight"], ref.weight.grad.numpy(), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(ours.dparams["bias"], ref.bias.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_softmax_and_cross_entropy_equal_torch():
@@ -123,7 +125,7 @@ def test_parameters_are_named_like_torch_and_gradients_accumulate():
     for _ in range(2):
         layer.forward(x)
         layer.backward(np.ones((1, 3), dtype=np.float32))
-    np.testing.assert_array_equal(layer.grads["bias"], 2.0)
+    np.testing.assert_array_equal(layer.dparams["bias"], 2.0)
     net.zero_grad()
     assert all(not g.any() for _, _, g in net.named_parameters())
     assert net.eval().layers[1].training is False and net.train().inp.training is True
@@ -152,3 +154,52 @@ def test_parameters_are_named_like_torch_and_gradients_accumulate():
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+class TwoLayers(Module):
+    def __init__(self, rng, dtype=np.float32):
+        super().__init__()
+        self.layers = [Linear(3, 4, rng, dtype=dtype), Linear(4, 2, rng, bias=False, dtype=dtype)]
+
+
+def test_state_dict_and_grads_share_keys_and_load_state_dict_round_trips():
+    net = TwoLayers(np.random.default_rng(0))
+    assert list(net.state_dict()) == list(net.grads()) == [
+        "layers.0.weight", "layers.0.bias", "layers.1.weight"
+    ]
+    other = TwoLayers(np.random.default_rng(1))
+    other.load_state_dict(net.state_dict())
+    for name, value in net.state_dict().items():
+        assert np.array_equal(other.state_dict()[name], value)
+        assert other.state_dict()[name] is not value  # copied, not shared
+    assert all(not g.any() for g in other.grads().values())
+
+
+def test_loading_float64_weights_makes_the_model_compute_in_float64():
+    net = TwoLayers(np.random.default_rng(0))
+    net.load_state_dict({k: v.astype(np.float64) for k, v in net.state_dict().items()})
+    y = net.layers[0].forward(np.ones((2, 3)))
+    assert y.dtype == np.float64 and net.grads()["layers.0.bias"].dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda d: d.pop("layers.1.weight"), KeyError, r"missing \['layers.1.weight'\]"),
+        (lambda d: d.update(extra=np.zeros(1, np.float32)), KeyError, r"unexpected \['extra'\]"),
+        (lambda d: d.update({"layers.0.bias": np.zeros(5, np.float32)}), ValueError,
+         r"layers.0.bias: expected \(4,\), got \(5,\)"),
+        (lambda d: d.update({"layers.0.bias": np.zeros(4, np.float64)}), TypeError,
+         "one float dtype"),
+        (lambda d: d.update({"layers.0.bias": np.zeros(4, np.int64)}), TypeError, "float"),
+    ],
+)
+def test_load_state_dict_rejects_bad_state_and_changes_nothing(edit, error, message):
+    net = TwoLayers(np.random.default_rng(0))
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    state = {k: np.zeros_like(v) for k, v in net.state_dict().items()}
+    edit(state)
+    with pytest.raises(error, match=message):
+        net.load_state_dict(state)
+    for name, value in net.state_dict().items():
+        assert np.array_equal(value, before[name])

@@ -56,7 +56,7 @@ def check_module(module, *inputs, seed=0, h=1e-6, backward_inputs=None):
     module.zero_grad()
     module.forward(*inputs)
     dx = module.backward(r)
-    dx = dx if isinstance(dx, tuple) else (dx,)
+    dx = () if dx is None else dx if isinstance(dx, tuple) else (dx,)  # None: no float input
     analytic = {f"input {i}": g for i, g in zip(backward_inputs, dx, strict=True)}
     analytic.update({name: grad.copy() for name, _, grad in module.named_parameters()})
 

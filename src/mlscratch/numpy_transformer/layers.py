@@ -10,12 +10,12 @@ class Module:
     """A layer: parameters and their gradients by name, child modules, a train/eval flag.
 
     `forward` caches what `backward` needs; `backward(dy)` returns dL/dx and adds
-    dL/dparam into `self.grads`.
+    dL/dparam into `self.dparams`.
     """
 
     def __init__(self):
         self.params = {}  # name -> array
-        self.grads = {}  # name -> array of the same shape, accumulated by backward
+        self.dparams = {}  # name -> dL/dparam, same shape, accumulated by backward
         self.training = True
 
     def children(self):
@@ -30,17 +30,58 @@ class Module:
     def named_parameters(self, prefix=""):
         """(dotted name, parameter array, gradient array) for this module and below."""
         for name, param in self.params.items():
-            yield prefix + name, param, self.grads[name]
+            yield prefix + name, param, self.dparams[name]
         for name, child in self.children():
             yield from child.named_parameters(f"{prefix}{name}.")
 
     def add_param(self, name, value):
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        self.dparams[name] = np.zeros_like(value)
 
     def zero_grad(self):
         for _, _, grad in self.named_parameters():
             grad[...] = 0
+
+    def state_dict(self):
+        """{dotted name: parameter}, the layout torch's state_dict uses."""
+        return {name: param for name, param, _ in self.named_parameters()}
+
+    def grads(self):
+        """{dotted name: gradient}, with the same keys as state_dict()."""
+        return {name: grad for name, _, grad in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Replace every parameter by a copy of state[name], after checking names and shapes.
+
+        The arrays must share one float dtype, which the module then computes in.
+        """
+        owners = {}
+        for name, module in self.named_modules():
+            for key in module.params:
+                owners[f"{name}.{key}" if name else key] = (module, key)
+        missing = sorted(set(owners) - set(state))
+        unexpected = sorted(set(state) - set(owners))
+        if missing or unexpected:
+            raise KeyError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        dtypes = {np.asarray(value).dtype for value in state.values()}
+        if len(dtypes) > 1 or any(dtype.kind != "f" for dtype in dtypes):
+            found = sorted(map(str, dtypes))
+            raise TypeError(f"parameters must share one float dtype, got {found}")
+        wrong = [
+            f"{name}: expected {module.params[key].shape}, got {np.shape(state[name])}"
+            for name, (module, key) in owners.items()
+            if np.shape(state[name]) != module.params[key].shape
+        ]
+        if wrong:
+            raise ValueError("state dict has mis-shaped arrays: " + "; ".join(wrong))
+        for name, (module, key) in owners.items():  # nothing changes unless all is well
+            module.add_param(key, np.array(state[name], copy=True))
+
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module ('' at the top) and every descendant."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def train(self, mode=True):
         self.training = mode
@@ -86,9 +127,9 @@ class Linear(Module):
     def backward(self, dy):  # (..., d_out) -> (..., d_in)
         x2 = self.x.reshape(-1, self.d_in)  # (N, d_in)
         dy2 = dy.reshape(-1, self.d_out)  # (N, d_out)
-        self.grads["weight"] += dy2.T @ x2
+        self.dparams["weight"] += dy2.T @ x2
         if "bias" in self.params:
-            self.grads["bias"] += dy2.sum(axis=0)
+            self.dparams["bias"] += dy2.sum(axis=0)
         return dy @ self.params["weight"]
 
 
