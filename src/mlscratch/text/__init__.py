@@ -1,0 +1,1 @@
+"""Text utilities shared by the parts: corpora, vocabularies, synthetic tasks, BLEU."""
