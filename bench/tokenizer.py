@@ -104,7 +104,9 @@ notes = (
     f"Python-heap peak of {peak / 2**20:.0f} MiB (tracemalloc); the whole process peaked at "
     f"{peak_memory_mb():.0f} MiB resident (HF and tiktoken included). The minbpe-style "
     f"baseline was timed on {k} merges ({per_merge:.2f} s each) and extrapolated to "
-    f"{VOCAB - 256} merges. Our encoding equals tiktoken's ids; HF's merges equal ours."
+    f"{VOCAB - 256} merges. Our encoding equals tiktoken's ids; HF's merges equal ours. "
+    f"HF's trainer and encoder use both cores, ours one; the machine's load average was "
+    f"{os.getloadavg()[0]:.1f} at the end (shared with other jobs)."
 )
 save("tokenizer", rows, notes)
 print(notes)
