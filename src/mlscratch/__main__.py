@@ -16,8 +16,15 @@ def _tangle(args):
     return tangle.main(args)
 
 
+def _tokenizer(args):
+    from mlscratch.llm import tokenizer_cli
+
+    return tokenizer_cli.main(args)
+
+
 COMMANDS = {
     "tangle": (_tangle, "write src/ from the book's chapters (a checkout only; see --help)"),
+    "tokenizer": (_tokenizer, "train a byte-level BPE tokenizer, encode or decode (see --help)"),
 }
 
 

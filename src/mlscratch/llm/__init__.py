@@ -1,0 +1,1 @@
+"""Part III: a language model from scratch."""
