@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from mlscratch.numpy_transformer.gradcheck import check_module, numerical_gradient, relative_error
+from mlscratch.numpy_transformer.gradcheck import (
+    check_module,
+    compare_gradients,
+    numerical_gradient,
+    relative_error,
+)
 from mlscratch.numpy_transformer.layers import Linear
 
 
@@ -57,3 +62,17 @@ def test_check_module_catches_a_wrong_backward(broken):
     errors = check_module(layer, rng.standard_normal((2, 3, 4)))
     assert errors["input 0"] < 1e-6
     assert max(errors["weight"], errors["bias"]) > 0.1
+
+
+def test_a_zero_gradient_is_measured_against_the_largest_gradient():
+    x, w = np.array([1.0, 2.0]), np.array([3.0, -1.0])
+
+    def loss():
+        return float(np.sum(x * w) + 0 * z.sum())
+
+    z = np.array([5.0, 6.0])  # loss does not depend on z: its gradient is exactly 0
+    analytic = {"x": w.copy(), "z": np.zeros(2), "w": x.copy()}
+    errors = compare_gradients(loss, {"x": x, "z": z, "w": w}, analytic)
+    assert max(errors.values()) < 1e-8
+    analytic["z"] = np.array([0.0, 0.01])  # a wrong nonzero gradient is still caught
+    assert compare_gradients(loss, {"x": x, "z": z, "w": w}, analytic)["z"] > 1e-3
