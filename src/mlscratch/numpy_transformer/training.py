@@ -7,7 +7,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mlscratch.numpy_transformer.layers import check_array, log_softmax
 
@@ -167,8 +167,13 @@ def evaluate(model, batches):
 
 
 def fit(model, train_pairs, *, steps, batch_size, bos_id, eos_id, warmup=400, factor=1.0,
-        smoothing=0.1, max_norm=1.0, seed=0, val_pairs=None, eval_every=100, progress=True):
-    """Train with Adam and the warmup schedule; returns a list of per-step records."""
+        cooldown=0.0, smoothing=0.1, max_norm=1.0, seed=0, val_pairs=None, eval_every=100,
+        progress=True):
+    """Train with Adam and the warmup schedule; returns a list of per-step records.
+
+    With cooldown > 0 the learning rate also falls linearly to zero over that final
+    fraction of the steps.
+    """
     rng = np.random.default_rng(seed)
     pad_id, d_model = model.config.pad_id, model.config.d_model
     loss_fn = LabelSmoothingLoss(smoothing, ignore_index=pad_id)
@@ -180,6 +185,8 @@ def fit(model, train_pairs, *, steps, batch_size, bos_id, eos_id, warmup=400, fa
         if not batches:  # a new epoch: reshuffle
             batches = make_batches(train_pairs, batch_size, pad_id, bos_id, eos_id, rng)
         lr = noam_lr(step, d_model, warmup, factor)
+        if cooldown:
+            lr *= min(1.0, (steps - step + 1) / (cooldown * steps))
         loss, norm = train_step(model, loss_fn, optimizer, batches.pop(), lr, max_norm)
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm}
         if val and (step % eval_every == 0 or step == steps):
