@@ -29,7 +29,8 @@ def padded_batch(rng, B, S, T, src_vocab, tgt_vocab, pad_id=0):
     return src, tgt_in, tgt_out
 
 
-@settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.generate])
+@settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.generate],
+          derandomize=True)
 @given(
     n_heads=st.sampled_from([1, 2]),
     n_layers=st.integers(1, 2),
@@ -55,7 +56,9 @@ def test_whole_model_with_label_smoothing_passes_finite_differences(
     model.zero_grad()
     model.backward(loss_fn.backward())
     analytic = {name: grad.copy() for name, grad in model.grads().items()}
-    errors = compare_gradients(loss, model.state_dict(), analytic)
+    # h = 1e-5: the best step for central differences in float64 (chapter 1's figure); it
+    # keeps round-off in the exactly-zero key-bias gradients well below the threshold.
+    errors = compare_gradients(loss, model.state_dict(), analytic, h=1e-5)
     assert max(errors.values()) <= 1e-6, {k: v for k, v in errors.items() if v > 1e-6}
 
 
