@@ -28,8 +28,11 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(uniform((d_out,), bound, generator, dtype)) if bias else None
 
     def forward(self, x):  # (..., d_in) -> (..., d_out)
-        y = x @ self.weight.T
-        return y if self.bias is None else y + self.bias
+        if self.bias is None:
+            return x @ self.weight.T
+        # addmm(b, X, W^T) = b + X W^T in one call, on the rows of x flattened to 2-D.
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight.T)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class Embedding(nn.Module):
@@ -82,8 +85,8 @@ class Dropout(nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        u = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-        return x * (u >= self.p) * (1 / (1 - self.p))
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep.div_(1 - self.p)  # the mask, already scaled: one product
 
 
 class LayerNorm(nn.Module):
@@ -96,9 +99,9 @@ class LayerNorm(nn.Module):
         self.eps = float(eps)
 
     def forward(self, x):  # (..., d_model)
-        centered = x - x.mean(dim=-1, keepdim=True)
-        var = (centered * centered).mean(dim=-1, keepdim=True)
-        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)  # (..., 1)
+        xhat = (x - mean) * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias, xhat, self.weight)  # bias + xhat * weight
 
 
 class FeedForward(nn.Module):
@@ -122,10 +125,11 @@ def attention(q, k, v, mask=None, dropout=None):
     """
     scores = (q * (1 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, h, T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        blocked = ~mask
+        scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if mask is not None:
-        probs = probs * mask  # fully masked rows: uniform -> 0
+        probs = probs.masked_fill(blocked, 0.0)  # fully masked rows: uniform -> 0
     weights = probs if dropout is None else dropout(probs)
     return weights @ v, probs  # (B, h, T, d_v), (B, h, T, S)
 
