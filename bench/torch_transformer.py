@@ -8,7 +8,7 @@ built from torch.nn layers (nn.Embedding, nn.Transformer, tied output projection
 Part I's NumPy model. Both PyTorch models use the same loss (label smoothing 0.1, padding
 ignored), gradient clipping at 1.0 and torch.optim.Adam.
 
-    python bench/torch_transformer.py [--steps 20]
+    python bench/torch_transformer.py [--steps 20] [--threads N]
 """
 
 import argparse
@@ -85,7 +85,10 @@ def numpy_stepper(config):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = TransformerConfig(**CONFIG)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -153,12 +153,22 @@ class MultiHeadAttention(nn.Module):
 
     def split_heads(self, x):  # (B, L, d_model) -> (B, n_heads, L, d_k)
         B, L, _ = x.shape
-        return x.view(B, L, self.n_heads, self.d_k).transpose(1, 2)
+        return x.reshape(B, L, self.n_heads, self.d_k).transpose(1, 2)
+
+    def project(self, x, linears):
+        """x through several Linears at once: one product with their stacked weights."""
+        weight = torch.cat([lin.weight for lin in linears])  # (n * d_model, d_model)
+        bias = torch.cat([lin.bias for lin in linears])
+        y = torch.addmm(bias, x.reshape(-1, self.d_model), weight.T)
+        return [self.split_heads(t.view(*x.shape[:-1], self.d_model))
+                for t in y.split(self.d_model, dim=-1)]
 
     def forward(self, x_q, x_kv, mask=None):  # (B, T, d_model), (B, S, d_model)
-        q = self.split_heads(self.w_q(x_q))
-        k = self.split_heads(self.w_k(x_kv))
-        v = self.split_heads(self.w_v(x_kv))
+        if x_q is x_kv:  # self-attention: q, k and v from one product
+            q, k, v = self.project(x_q, (self.w_q, self.w_k, self.w_v))
+        else:  # cross-attention: k and v from the memory
+            (q,) = self.project(x_q, (self.w_q,))
+            k, v = self.project(x_kv, (self.w_k, self.w_v))
         out, probs = attention(q, k, v, mask, self.dropout)  # (B, h, T, d_k)
         self.attn = probs.detach()
         B, _, T, _ = out.shape
