@@ -213,3 +213,96 @@ def test_bad_state_dicts_name_the_tensors():
         GPT.from_hf(bad, llama.config)
     with pytest.raises(ValueError, match="needs its config"):
         GPT.from_hf(state)
+
+
+def small(kind, dtype=torch.float32, block_size=24):
+    torch.manual_seed(3)
+    if kind == "gpt2":
+        cfg = GPTConfig(vocab_size=37, block_size=block_size, n_layer=2, n_head=3, n_embd=24)
+    else:
+        cfg = GPTConfig.llama(vocab_size=37, block_size=block_size, n_layer=2, n_head=4,
+                              n_kv_head=2, n_embd=32)
+    return randomize(GPT(cfg), 3).to(dtype).eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kv_cache_logits_equal_full_recomputation(kind, dtype):
+    model = small(kind, dtype)
+    idx = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache()
+        pieces = [model(idx[:, :5], cache=cache)[0]]  # a 5-token prompt, then one at a time
+        pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 24)]
+        with pytest.raises(ValueError, match="longer than the context"):
+            model(idx[:, :1], cache=cache)  # the cache is full
+    err = (torch.cat(pieces, dim=1) - full).abs().max() / full.abs().max()
+    assert err <= TOL[dtype]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_generation_with_and_without_cache_gives_the_same_tokens(kind):
+    model = small(kind, torch.float64, block_size=12)
+    prompt = torch.randint(0, 37, (3, 4), generator=torch.Generator().manual_seed(1))
+    # 20 new tokens: past the 12-token context, where the window slides
+    for options in (dict(), dict(temperature=0.7, top_k=5), dict(top_p=0.8, temperature=1.3)):
+        a = model.generate(prompt, 20, seed=7, use_cache=True, **options)
+        b = model.generate(prompt, 20, seed=7, use_cache=False, **options)
+        assert a.shape == (3, 24) and torch.equal(a[:, :4], prompt)
+        assert torch.equal(a, b)
+    assert not torch.equal(model.generate(prompt, 20, seed=8), a)
+
+
+def test_greedy_stream_and_end_token():
+    model = small("gpt2")
+    prompt = torch.randint(0, 37, (2, 3), generator=torch.Generator().manual_seed(2))
+    out = model.generate(prompt, 6, top_k=1)
+    expected = prompt
+    for _ in range(6):  # greedy by hand: argmax of the full recomputation
+        nxt = model(expected)[0][:, -1].argmax(-1, keepdim=True)
+        expected = torch.cat([expected, nxt], dim=1)
+    assert torch.equal(out, expected)
+    streamed = list(model.generate(prompt, 6, top_k=1, stream=True))
+    assert torch.equal(torch.stack(streamed, dim=1), out[:, 3:])
+    eos = int(out[0, 4])  # the first row emits it at its second step
+    stopped = model.generate(prompt, 6, top_k=1, eos_id=eos)
+    assert stopped[0, 4] == eos and torch.all(stopped[0, 4:] == eos)
+    if eos not in out[1, 3:].tolist():
+        assert stopped.shape[1] == 9  # the other row never ends: all steps run
+
+
+def test_top_k_and_top_p_filters_equal_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from mlscratch.llm.gpt import filter_logits
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g, dtype=torch.float64) * 3
+    for k in (1, 7, 50):
+        assert torch.equal(filter_logits(logits, top_k=k).isinf(),
+                           TopKLogitsWarper(k)(None, logits).isinf())
+    for p in (0.05, 0.5, 0.9, 1.0):
+        ours = filter_logits(logits, top_p=p).isinf()
+        ref = TopPLogitsWarper(p)(None, logits).isinf()
+        assert torch.equal(ours, ref), p
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(temperature=-1.0), "temperature must be > 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_k=0), "top_k must be a positive integer"),
+    (dict(eos_id=37), "eos_id"),
+])
+def test_bad_sampling_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small("gpt2").generate(torch.zeros(1, 2, dtype=torch.long), 3, **kwargs)
+
+
+def test_bad_prompts():
+    model = small("gpt2")
+    with pytest.raises(ValueError, match="longer than the context"):
+        model.generate(torch.zeros(1, 25, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="B, T >= 1"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 3)

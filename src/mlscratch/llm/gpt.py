@@ -445,3 +445,75 @@ def _from_hf(cls, model_or_state_dict, config=None):
 
 
 GPT.from_hf = classmethod(_from_hf)
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set logits outside the top-k and outside the top-p nucleus to -inf; logits (B, V)."""
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = softmax(ordered)
+        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
+        ordered = ordered.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    return logits
+
+
+def _check_sampling(temperature, top_k, top_p):
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def _stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache):
+    """Yield (B,) new tokens one step at a time (see GPT.generate)."""
+    generator = torch.Generator(device=idx.device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    block = model.config.block_size
+    cache, new = None, idx
+    done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            logits = model(idx[:, -block:])[0]
+        else:
+            if cache is None or idx.shape[1] > block:  # start, or the window slid: refill
+                cache, new = model.new_cache(), idx[:, -block:]
+            logits = model(new, cache=cache)[0]
+        probs = softmax(filter_logits(logits[:, -1] / temperature, top_k, top_p))
+        token = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+        if eos_id is not None:
+            token = token.masked_fill(done, eos_id)
+            done |= token == eos_id
+        yield token
+        idx, new = torch.cat([idx, token[:, None]], dim=1), token[:, None]
+        if eos_id is not None and bool(done.all()):
+            return
+
+
+def _generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+              eos_id=None, stream=False, use_cache=True):
+    """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + n), or an
+    iterator of (B,) tokens with stream=True. use_cache=False recomputes every step."""
+    self._check_ids(idx)
+    _check_sampling(temperature, top_k, top_p)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if eos_id is not None and not 0 <= eos_id < self.config.vocab_size:
+        raise ValueError(f"eos_id must be in [0, {self.config.vocab_size}), got {eos_id}")
+    tokens = _stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
+                     use_cache)
+    if stream:
+        return tokens
+    return torch.cat([idx, *(t[:, None] for t in tokens)], dim=1)
+
+
+GPT.generate = _generate
