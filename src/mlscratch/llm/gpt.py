@@ -73,14 +73,17 @@ class GPTConfig:
 
 
 class Linear(nn.Module):
-    """y = x W^T + b, with W stored (d_out, d_in) as in torch."""
+    """y = x W^T + b, with W stored (d_out, d_in) as in torch; bias if config.bias."""
 
-    def __init__(self, d_in, d_out, bias=True):
+    def __init__(self, d_in, d_out, config):
         super().__init__()
+        self.config = config
         self.weight = nn.Parameter(torch.empty(d_out, d_in))
-        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(d_out)) if config.bias else None
 
     def forward(self, x):
+        if self.config.fused:  # see "The same computation, fused" below
+            return F.linear(x, self.weight, self.bias)
         y = x @ self.weight.T
         return y if self.bias is None else y + self.bias
 
@@ -88,13 +91,16 @@ class Linear(nn.Module):
 class Norm(nn.Module):
     """LayerNorm (centre, scale, gain, bias) or RMSNorm (scale by the RMS, gain)."""
 
-    def __init__(self, n_embd, kind="layernorm", bias=True, eps=1e-5):
+    def __init__(self, config):
         super().__init__()
-        self.kind, self.eps = kind, eps
-        self.weight = nn.Parameter(torch.ones(n_embd))
-        self.bias = nn.Parameter(torch.zeros(n_embd)) if bias and kind == "layernorm" else None
+        self.config, self.kind, self.eps = config, config.norm, config.norm_eps
+        self.weight = nn.Parameter(torch.ones(config.n_embd))
+        has_bias = config.bias and self.kind == "layernorm"
+        self.bias = nn.Parameter(torch.zeros(config.n_embd)) if has_bias else None
 
     def forward(self, x):  # (B, T, C)
+        if self.config.fused:
+            return fused_norm(self, x)
         if self.kind == "rmsnorm":
             return self.weight * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps))
         mu = x.mean(-1, keepdim=True)
@@ -138,8 +144,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.config = config
         d, nh, nkv = config.head_dim, config.n_head, config.n_kv_head
-        self.c_attn = Linear(config.n_embd, (nh + 2 * nkv) * d, config.bias)
-        self.c_proj = Linear(nh * d, config.n_embd, config.bias)
+        self.c_attn = Linear(config.n_embd, (nh + 2 * nkv) * d, config)
+        self.c_proj = Linear(nh * d, config.n_embd, config)
 
     def forward(self, x, rope=None, cache=None):
         """x (B, T, C); rope: (cos, sin) for these positions; cache: dict of past k, v."""
@@ -160,9 +166,7 @@ class CausalSelfAttention(nn.Module):
         Tk = k.shape[2]
         p = cfg.dropout if self.training else 0.0
         if cfg.fused:
-            mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               enable_gqa=nkv != nh)
+            y = fused_attention(q, k, v, p)
         else:
             k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, Tk, d): one copy per query head
             v = v.repeat_interleave(nh // nkv, dim=1)
@@ -190,16 +194,17 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.c_fc = Linear(config.n_embd, config.n_hidden, config.bias)
+        self.c_fc = Linear(config.n_embd, config.n_hidden, config)
         if config.mlp == "swiglu":
-            self.c_gate = Linear(config.n_embd, config.n_hidden, config.bias)
-        self.c_proj = Linear(config.n_hidden, config.n_embd, config.bias)
+            self.c_gate = Linear(config.n_embd, config.n_hidden, config)
+        self.c_proj = Linear(config.n_hidden, config.n_embd, config)
 
     def forward(self, x):
+        act = fused_activation if self.config.fused else {"gelu": gelu, "swiglu": silu}
         if self.config.mlp == "swiglu":
-            h = silu(self.c_gate(x)) * self.c_fc(x)
+            h = act["swiglu"](self.c_gate(x)) * self.c_fc(x)
         else:
-            h = gelu(self.c_fc(x))
+            h = act["gelu"](self.c_fc(x))
         return dropout(self.c_proj(h), self.config.dropout, self.training)
 
 
@@ -208,9 +213,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = Norm(config.n_embd, config.norm, config.bias, config.norm_eps)
+        self.ln_1 = Norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = Norm(config.n_embd, config.norm, config.bias, config.norm_eps)
+        self.ln_2 = Norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x, rope=None, cache=None):
@@ -223,7 +228,8 @@ def cross_entropy(logits, targets, ignore_index=-1):
     m = logits.amax(-1, keepdim=True)
     logp = logits - m - torch.log(torch.exp(logits - m).sum(-1, keepdim=True))
     keep = targets != ignore_index
-    return -logp[keep].gather(1, targets[keep][:, None]).mean()
+    picked = logp.gather(1, torch.where(keep, targets, 0)[:, None])[:, 0]  # (N,)
+    return -(picked * keep).sum() / keep.sum()
 
 
 class GPT(nn.Module):
@@ -243,7 +249,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = Norm(C, config.norm, config.bias, config.norm_eps)
+        self.ln_f = Norm(config)
         if not config.tie_weights:
             self.lm_head = nn.Parameter(torch.empty(config.vocab_size, C))
         self.reset_parameters()
@@ -283,7 +289,8 @@ class GPT(nn.Module):
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, "
                                  f"got {tuple(targets.shape)}")
-            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            ce = F.cross_entropy if self.config.fused else cross_entropy
+            loss = ce(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_cache(self):
@@ -299,6 +306,8 @@ class GPT(nn.Module):
         if past + idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence of {past + idx.shape[1]} tokens is longer than the "
                              f"context, block_size={self.config.block_size}")
+        if torch.compiler.is_compiling():  # reading values would split a compiled graph
+            return
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), "
@@ -318,6 +327,28 @@ def flops_per_token(model, T=None):
     cfg = model.config
     T = cfg.block_size if T is None else T
     return 6 * num_params(model) + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+def fused_norm(norm, x):
+    """Norm.forward in one kernel: F.layer_norm or F.rms_norm."""
+    if norm.kind == "rmsnorm":
+        return F.rms_norm(x, x.shape[-1:], norm.weight, norm.eps)
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+
+def fused_attention(q, k, v, p):
+    """Causal attention in one kernel; k, v may hold fewer (GQA) heads and more (cached)
+    positions than q, whose positions are the last of k's."""
+    T, Tk = q.shape[2], k.shape[2]
+    gqa = k.shape[1] != q.shape[1]
+    if T == Tk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
+                                              enable_gqa=gqa)
+    mask = None if T == 1 else torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=gqa)
+
+
+fused_activation = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "swiglu": F.silu}
 
 
 def config_from_hf(hf_config):
