@@ -85,8 +85,8 @@ class Dropout(nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
-        return x * keep.div_(1 - self.p)  # the mask, already scaled: one product
+        u = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        return x * u.ge_(self.p).mul_(1 / (1 - self.p))  # the mask, already scaled
 
 
 class LayerNorm(nn.Module):
