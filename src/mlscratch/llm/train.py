@@ -175,7 +175,7 @@ def load_checkpoint(path):
     """The checkpoint at path (tensors on the CPU), or a one-line error saying what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: there is no checkpoint {path}")
+        raise FileNotFoundError(f"there is no checkpoint {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage, objects that are not plain data...
@@ -301,6 +301,8 @@ def _prepare_run(config, resume):
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT
     if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {out_dir} holds no {CHECKPOINT}")
         ckpt = load_checkpoint(ckpt_path)
         check_resumable(ckpt, config, ckpt_path)
         if read_meta(out_dir) != ckpt["data"]:
@@ -337,10 +339,11 @@ def train(config, resume=False, progress=True):
     tokenizer, splits, ckpt = _prepare_run(config, resume)
     info, device = distributed.setup(config.device)
     try:
-        if splits is not None and info.is_main:
+        if info.is_main:
             for stale in Path(config.out_dir).glob(f"{CHECKPOINT}.*.tmp"):
                 stale.unlink()  # left by a run killed while writing a checkpoint
-            write_splits(splits, tokenizer, config.out_dir)
+            if splits is not None:
+                write_splits(splits, tokenizer, config.out_dir)
         distributed.barrier(info)
         return _train_loop(config, tokenizer, ckpt, info, device, progress)
     finally:
