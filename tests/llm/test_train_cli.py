@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 
 from mlscratch.llm.train import CHECKPOINT, TrainConfig, load_checkpoint, read_metrics
 from mlscratch.llm.train_cli import main, sample_main
@@ -105,6 +106,8 @@ def test_bad_input_is_one_line_a_non_zero_exit_and_overwrites_nothing(tmp_path, 
          "learning_rate must be > 0", 1),
         (["--out_dir", str(fresh), "--resume"], "nothing to resume", 1),
     ]
+    if not torch.cuda.is_available():
+        cases.append((run_args(fresh, text_file, "--device", "cuda"), "CUDA is not available", 1))
     for argv, match, status in cases:
         fails(main, argv, capsys, match, status)
         assert snapshot(out) == before and snapshot(fresh) is None, argv

@@ -321,6 +321,8 @@ def _prepare_run(config, resume):
                 raise ValueError(f"the corpus is too short: its {name} split has {len(ids)} "
                                  f"tokens, a block needs block_size + 1 = "
                                  f"{config.block_size + 1}")
+    if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device} asked for, but CUDA is not available")
     check_writable(out_dir)
     return tokenizer, splits, ckpt
 
@@ -472,8 +474,10 @@ def _train_loop(cfg, tokenizer, ckpt, info, device, progress):
                 elif not info.enabled:  # alone, a signal is seen at once; together, at log points
                     stopping = stop.name is not None
             if stopping and saved_at != it:  # a signal: save the state after the last step
-                if last_loss is not None and not torch.isfinite(last_loss).item():
-                    raise diverged("loss", last_loss.item(), it - 1)
+                if last_loss is not None:  # unchecked since the last log point
+                    bad = (~torch.isfinite(last_loss)).float()
+                    if distributed.all_reduce_sum(bad, info).item():
+                        raise diverged("loss", last_loss.item(), it - 1)
                 save(it)
         finally:
             bar.close()
