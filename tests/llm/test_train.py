@@ -212,3 +212,9 @@ def test_load_model_rejects_a_checkpoint_of_another_shape(tmp_path, text_file):
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match="does not fit the model"):
         load_model(tmp_path / "run")
+
+
+def test_the_progress_bar_shows_the_loss_and_tokens_per_second(tmp_path, text_file, capsys):
+    train(config(tmp_path, text_file, max_iters=4, eval_interval=4, log_interval=2))
+    err = capsys.readouterr().err
+    assert "4/4" in err and "loss=" in err and "tok_s=" in err, err
