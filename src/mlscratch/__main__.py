@@ -16,6 +16,18 @@ def _tangle(args):
     return tangle.main(args)
 
 
+def _train(args):
+    from mlscratch.llm import train_cli
+
+    return train_cli.main(args)
+
+
+def _sample(args):
+    from mlscratch.llm import train_cli
+
+    return train_cli.sample_main(args)
+
+
 def _tokenizer(args):
     from mlscratch.llm import tokenizer_cli
 
@@ -25,6 +37,8 @@ def _tokenizer(args):
 COMMANDS = {
     "tangle": (_tangle, "write src/ from the book's chapters (a checkout only; see --help)"),
     "tokenizer": (_tokenizer, "train a byte-level BPE tokenizer, encode or decode (see --help)"),
+    "train": (_train, "train a GPT on a text file; also under torchrun (see --help)"),
+    "sample": (_sample, "generate text from a trained GPT (see --help)"),
 }
 
 
