@@ -185,7 +185,8 @@ def main():
         budget = base_wall if base else REFERENCE["seconds"]
         recipe = {**RECIPE, **json.loads(args.recipe)}
         # calibrate: iterations that fit the budget at this recipe's speed
-        _, probe, _, _ = ours("probe", **recipe, max_iters=30, lr_decay_iters=30)
+        _, probe, _, _ = ours("probe", **{**recipe, "warmup_iters": 5, "eval_iters": 1},
+                              max_iters=60, lr_decay_iters=60)
         seconds_per_iter = recipe["batch_size"] * NANOGPT["block_size"] / probe["tokens_per_s"]
         iters = int(0.85 * budget / seconds_per_iter)  # room for the two evaluations
         _, summary, wall, mfu = ours("recipe", **recipe, max_iters=iters, lr_decay_iters=iters)
