@@ -48,9 +48,9 @@ def read_lines(path):
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte offset {err.start})") from None
-    if text.endswith("\n"):
-        text = text[:-1]
-    return text.split("\n") if text else []
+    if not text:
+        return []
+    return (text[:-1] if text.endswith("\n") else text).split("\n")
 
 
 def load_multi30k(directory, splits=SPLITS, src_lang="en", tgt_lang="de"):

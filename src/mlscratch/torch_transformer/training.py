@@ -269,19 +269,27 @@ class Trainer:
         self.position += 1
         return batch
 
-    def train_step(self, batches):
-        """One update from a list of micro-batches; returns (summed loss tensor, n_tgt, n)."""
-        model, c = self.model, self.config
-        model.train()
-        n_tgt = sum(b.n_tgt for b in batches)
-        total = torch.zeros((), device=self.device)
+    def accumulate(self, batches):
+        """Gradients of the mean loss over all tokens of the micro-batches, added into .grad;
+        returns the summed loss (a tensor: reading it would wait for the device)."""
+        if not batches:
+            raise ValueError("no micro-batches to train on")
+        self.model.train()
+        n_tgt, total = sum(b.n_tgt for b in batches), 0
         for b in batches:
             src, tgt_in, tgt_out = (t.to(self.device, non_blocking=True) for t in b[:3])
-            logits = model(src, tgt_in)  # (B, T, V)
-            loss = label_smoothed_cross_entropy(logits, tgt_out, c.smoothing,
+            logits = self.model(src, tgt_in)  # (B, T, V)
+            loss = label_smoothed_cross_entropy(logits, tgt_out, self.config.smoothing,
                                                 ignore_index=self.ids[0], reduction="sum")
             (loss / n_tgt).backward()
-            total += loss.detach()
+            total = total + loss.detach()
+        return total
+
+    def train_step(self, batches):
+        """One update from a list of micro-batches; returns (summed loss, n_tgt, n_tokens)."""
+        model, c = self.model, self.config
+        n_tgt = sum(b.n_tgt for b in batches)
+        total = self.accumulate(batches)
         if c.max_norm is not None:
             clip_grad_norm(model.parameters(), c.max_norm)
         self.step += 1
