@@ -20,7 +20,7 @@ from mlscratch.torch_transformer.training import (
     Trainer,
     cosine_lr,
     inverse_sqrt_lr,
-    label_smoothed_cross_entropy,
+    label_smoothing_loss,
     load_checkpoint,
     make_batch,
     model_from_checkpoint,
@@ -63,7 +63,7 @@ def test_loss_equals_torch_cross_entropy(B, T, V, smoothing, ignore, dtype, seed
     targets = torch.randint(0, V, (B, T), generator=g)
     targets[0, 0] = 1  # at least one target that is not padding
     ignore_index = 0 if ignore else None
-    ours = label_smoothed_cross_entropy(logits, targets, smoothing, ignore_index)
+    ours = label_smoothing_loss(logits, targets, smoothing, ignore_index)
     theirs = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1),
                              ignore_index=-100 if ignore_index is None else ignore_index,
                              label_smoothing=smoothing)
@@ -73,28 +73,28 @@ def test_loss_equals_torch_cross_entropy(B, T, V, smoothing, ignore, dtype, seed
     (g_theirs,) = torch.autograd.grad(theirs, logits)
     torch.testing.assert_close(g_ours, g_theirs, rtol=tol, atol=tol)
     n = (targets != 0).sum() if ignore else targets.numel()
-    total = label_smoothed_cross_entropy(logits, targets, smoothing, ignore_index, "sum")
+    total = label_smoothing_loss(logits, targets, smoothing, ignore_index, "sum")
     torch.testing.assert_close(total, theirs * n, rtol=tol, atol=tol)
 
 
 def test_loss_refuses_bad_input():
     logits, targets = torch.zeros(2, 3, 5), torch.ones(2, 3, dtype=torch.int64)
     with pytest.raises(TypeError, match="integer tensor"):
-        label_smoothed_cross_entropy(logits, targets.float())
+        label_smoothing_loss(logits, targets.float())
     with pytest.raises(TypeError, match="floating-point"):
-        label_smoothed_cross_entropy(logits.long(), targets)
+        label_smoothing_loss(logits.long(), targets)
     with pytest.raises(ValueError, match="must match"):
-        label_smoothed_cross_entropy(logits, targets[:, :2])
+        label_smoothing_loss(logits, targets[:, :2])
     with pytest.raises(ValueError, match=r"lie in \[0, 5\), got 1..5"):
-        label_smoothed_cross_entropy(logits, targets.index_fill(1, torch.tensor([0]), 5))
+        label_smoothing_loss(logits, targets.index_fill(1, torch.tensor([0]), 5))
     with pytest.raises(ValueError, match="all padding"):
-        label_smoothed_cross_entropy(logits, targets * 0, ignore_index=0)
+        label_smoothing_loss(logits, targets * 0, ignore_index=0)
     with pytest.raises(ValueError, match="smoothing"):
-        label_smoothed_cross_entropy(logits, targets, smoothing=1.0)
+        label_smoothing_loss(logits, targets, smoothing=1.0)
     # ignored positions may hold any id, even outside the vocabulary
     ok = targets.clone()
     ok[0, 0] = -100
-    assert torch.isfinite(label_smoothed_cross_entropy(logits, ok, ignore_index=-100))
+    assert torch.isfinite(label_smoothing_loss(logits, ok, ignore_index=-100))
 
 
 # ---------------------------------------------------------------- optimizer and schedules

@@ -39,11 +39,11 @@ def check_targets(logits, targets):
                          f"{tuple(logits.shape)} without their last axis")
 
 
-def label_smoothed_cross_entropy(logits, targets, smoothing=0.0, ignore_index=None,
+def label_smoothing_loss(logits, targets, smoothing=0.0, ignore_index=None,
                                  reduction="mean"):
     """Cross-entropy against (1 - eps) onehot(y) + eps / V over targets != ignore_index.
 
-    reduction "mean" averages over those targets (as F.cross_entropy does), "sum" adds.
+    reduction "mean" averages over those targets (as torch's loss does), "sum" adds.
     """
     check_targets(logits, targets)
     if not 0 <= smoothing < 1:
@@ -279,7 +279,7 @@ class Trainer:
         for b in batches:
             src, tgt_in, tgt_out = (t.to(self.device, non_blocking=True) for t in b[:3])
             logits = self.model(src, tgt_in)  # (B, T, V)
-            loss = label_smoothed_cross_entropy(logits, tgt_out, self.config.smoothing,
+            loss = label_smoothing_loss(logits, tgt_out, self.config.smoothing,
                                                 ignore_index=self.ids[0], reduction="sum")
             (loss / n_tgt).backward()
             total = total + loss.detach()
@@ -337,7 +337,7 @@ class Trainer:
         total, n = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for b in token_batches(pairs, batch_tokens or self.config.batch_tokens, *self.ids):
             src, tgt_in, tgt_out = (t.to(self.device) for t in b[:3])
-            loss = label_smoothed_cross_entropy(self.model(src, tgt_in), tgt_out,
+            loss = label_smoothing_loss(self.model(src, tgt_in), tgt_out,
                                                 ignore_index=self.ids[0], reduction="sum")
             total, n = total + loss.double(), n + b.n_tgt
         return total.item() / n
