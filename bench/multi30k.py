@@ -102,8 +102,9 @@ def main(argv=None):
     ckpt_path, vocab_path = out / "checkpoint.pt", out / "bpe.json"
 
     ckpt = load_checkpoint(ckpt_path) if args.resume and ckpt_path.exists() else None
-    if ckpt is None and vocab_path.exists() and not args.resume:
-        vocab_path.unlink()  # a fresh run learns its own vocabulary
+    if ckpt is None and not args.resume:  # a fresh run: its own vocabulary and log
+        for stale in (vocab_path, out / "history.jsonl"):
+            stale.unlink(missing_ok=True)
     if vocab_path.exists():
         tokenizer = BPETokenizer.load(vocab_path)
     else:
