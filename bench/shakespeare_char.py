@@ -187,7 +187,9 @@ def main():
         # calibrate: iterations that fit the budget at this recipe's speed
         _, probe, _, _ = ours("probe", **{**recipe, "warmup_iters": 5, "eval_iters": 1},
                               max_iters=60, lr_decay_iters=60)
-        seconds_per_iter = recipe["batch_size"] * NANOGPT["block_size"] / probe["tokens_per_s"]
+        tokens_per_iter = (recipe.get("batch_size", NANOGPT["batch_size"])
+                           * recipe.get("block_size", NANOGPT["block_size"]))
+        seconds_per_iter = tokens_per_iter / probe["tokens_per_s"]
         iters = int(0.85 * budget / seconds_per_iter)  # room for the two evaluations
         _, summary, wall, mfu = ours("recipe", **recipe, max_iters=iters, lr_decay_iters=iters)
         changed = ", ".join(f"{k} {v}" for k, v in recipe.items() if k != "eval_interval")

@@ -129,7 +129,9 @@ def attention(q, k, v, mask=None, dropout=None):
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if mask is not None:
-        probs = probs.masked_fill(blocked, 0.0)  # fully masked rows: uniform -> 0
+        empty = ~mask.any(dim=-1, keepdim=True)  # rows with no allowed key, e.g. (B, 1, 1, 1)
+        if empty.any():
+            probs = probs.masked_fill(empty, 0.0)  # their uniform weights -> 0
     weights = probs if dropout is None else dropout(probs)
     return weights @ v, probs  # (B, h, T, d_v), (B, h, T, S)
 
