@@ -12,7 +12,7 @@ continues with --resume (the model and training options then come from the check
 --minutes counts training time only; evaluations add to the wall-clock time (each row
 records how long its evaluation took).
 
-    python bench/multi30k.py --minutes 60 --eval_every_minutes 5 --out_dir runs/multi30k
+    python bench/multi30k.py --minutes 60 --out_dir runs/multi30k
     python bench/multi30k.py --minutes 60 --out_dir runs/multi30k --resume
     python bench/multi30k.py --minutes 2 --eval_every_minutes 1 --d_model 64 --d_ff 128 \
         --n_layers 1 --vocab_size 2000 --eval_sentences 100 --out_dir /tmp/m30k  # smoke test
@@ -51,25 +51,26 @@ from mlscratch.torch_transformer.training import (
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=60.0, help="training time (minutes)")
-    p.add_argument("--eval_every_minutes", type=float, default=5.0)
+    p.add_argument("--eval_every_minutes", type=float, default=10.0)
     p.add_argument("--out_dir", default="runs/multi30k")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     p.add_argument("--data", default=None, help="Multi30k directory (default: multi30k_dir())")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--vocab_size", type=int, default=8000)
+    p.add_argument("--vocab_size", type=int, default=6000)
     p.add_argument("--d_model", type=int, default=256)
     p.add_argument("--n_heads", type=int, default=8)
-    p.add_argument("--d_ff", type=int, default=1024)
+    p.add_argument("--d_ff", type=int, default=512)
     p.add_argument("--n_layers", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--norm_first", action="store_true", help="pre-norm layout")
-    p.add_argument("--batch_tokens", type=int, default=4096)
+    p.add_argument("--norm_first", action=argparse.BooleanOptionalAction, default=True,
+                   help="pre-norm layout (--no-norm_first: post-norm, as in the paper)")
+    p.add_argument("--batch_tokens", type=int, default=2000)
     p.add_argument("--accum_steps", type=int, default=1)
     p.add_argument("--schedule", default="inverse_sqrt", choices=("inverse_sqrt", "noam",
                                                                    "cosine"))
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup_steps", type=int, default=400)
+    p.add_argument("--warmup_steps", type=int, default=100)
     p.add_argument("--max_steps", type=int, default=None, help="cosine's last step")
     p.add_argument("--smoothing", type=float, default=0.1)
     p.add_argument("--max_norm", type=float, default=1.0)
