@@ -2,9 +2,9 @@
 
 Standard configuration of bench/numpy_transformer.py: d_model 128, 4 heads, d_ff 512,
 2 encoder + 2 decoder layers, batch 32 of length 32, vocabularies of 1000, dropout 0.1.
-Three models train in the same process, their steps interleaved so that the machine's
-load affects all alike: ours (basic tensor ops and autograd), the same architecture
-built from torch.nn layers (nn.Embedding, nn.Transformer, tied output projection), and
+Three models train in the same process, their steps interleaved (in a rotating order) so
+that the machine's load affects all alike: ours (basic tensor ops and autograd), the same
+architecture built from torch.nn layers (nn.Embedding, nn.Transformer, tied output projection), and
 Part I's NumPy model. Both PyTorch models use the same loss (label smoothing 0.1, padding
 ignored), gradient clipping at 1.0 and torch.optim.Adam.
 
@@ -105,8 +105,12 @@ def main():
     times = {name: [] for name in steppers}
     for step, batches in steppers.values():  # warm-up
         step(batches[0])
+    names = list(steppers)
     for i in range(args.steps):
-        for name, (step, batches) in steppers.items():
+        # rotate the order: BLAS threads may keep spinning for a while after a step, so
+        # the model that runs right after another one's step pays for it; each takes turns
+        for name in names[i % 3:] + names[:i % 3]:
+            step, batches = steppers[name]
             start = time.perf_counter()
             step(batches[i % 4])
             times[name].append(time.perf_counter() - start)
