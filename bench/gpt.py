@@ -125,9 +125,10 @@ candidates = {"torch.nn + SDPA": lambda: ref(x, x),
               "torch.nn + SDPA + torch.compile": lambda: compiled_ref(x, x)}
 for fn in candidates.values():  # warm-up; compiles the compiled ones
     train_step(fn)()
-timings = {}
-for _ in range(3):  # interleaved rounds, best of each
-    for name, fn in candidates.items():
+timings, names = {}, list(candidates)
+for r in range(5):  # interleaved rounds in a rotating order, best of each
+    for name in names[r % len(names):] + names[:r % len(names)]:
+        fn = candidates[name]
         timings[name] = min(timings.get(name, float("inf")), best_time(train_step(fn), 3))
 t_ref = timings["torch.nn + SDPA"]
 for name, t in timings.items():
