@@ -1,11 +1,14 @@
 """Data parallel training: two CPU processes (gloo, torchrun) equal one with the same batch."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mlscratch.llm.distributed import DistInfo, dist_info
 from mlscratch.llm.train import CHECKPOINT, TrainConfig, load_checkpoint, read_metrics, train
@@ -69,3 +72,77 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_pat
     assert ckpt["iter"] == 6 and len(ckpt["rng"]["processes"]) == 2  # one state per process
     assert len(load_checkpoint(tmp_path / "one" / CHECKPOINT)["rng"]["processes"]) == 1
     assert not list((tmp_path / "two").glob("*.tmp"))
+
+
+def torchrun(out_dir, args, **popen):
+    """`torchrun --nproc_per_node=2 -m mlscratch train` on CPU, without inherited rank variables."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "mlscratch", "train", "--out_dir", str(out_dir), *args]
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def without_timings(out_dir):
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}
+            for r in read_metrics(Path(out_dir) / "metrics.jsonl")]
+
+
+def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    # lr_decay_iters fixed: the schedule must not depend on where a run stops
+    args = ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
+            "--block_size", "16", "--batch_size", "4", "--eval_iters", "4", "--warmup_iters",
+            "1", "--lr_decay_iters", "8", "--eval_interval", "4", "--log_interval", "1",
+            "--dropout", "0.2", "--gradient_accumulation_steps", "2", "--quiet"]
+    whole = torchrun(tmp_path / "whole", [*args, "--max_iters", "8"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = torchrun(tmp_path / "parts", [*args, "--max_iters", "3"])  # stops between evals
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["iter"] == 3
+    rest = torchrun(tmp_path / "parts", [*args, "--max_iters", "8", "--resume"])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    parts, uninterrupted = without_timings(tmp_path / "parts"), without_timings(tmp_path / "whole")
+    # the stopped run evaluated at its last iter (3), the whole run did not
+    assert [r for r in parts if r["iter"] != 3 or "loss" in r] == uninterrupted  # exact
+    a = load_checkpoint(tmp_path / "whole" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "parts" / CHECKPOINT)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # each process's dropout stream was saved and restored: the two differ
+    states = b["rng"]["processes"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+
+
+def test_ctrl_c_under_torchrun_saves_one_checkpoint_that_resumes(tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    args = ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
+            "--block_size", "16", "--batch_size", "4", "--eval_iters", "2", "--warmup_iters",
+            "1", "--eval_interval", "100000", "--log_interval", "1",
+            "--gradient_accumulation_steps", "2", "--quiet"]
+    out = tmp_path / "run"
+    # a process group of its own, as a terminal's foreground job: Ctrl-C signals all of it
+    proc = torchrun(out, [*args, "--max_iters", "1000000"], start_new_session=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(read_metrics(metrics)) >= 5):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    # torchrun itself reports the signal with a non-zero status; the workers stop cleanly
+    assert stderr.count("stopped by SIGINT") == 1 and "--resume" in stderr, stderr[-3000:]
+    ckpt = load_checkpoint(out / CHECKPOINT)
+    assert ckpt["iter"] >= 5 and ckpt["metrics_bytes"] == metrics.stat().st_size
+    assert len(ckpt["rng"]["processes"]) == 2
+    stop = ckpt["iter"] + 2
+    rest = torchrun(out, [*args, "--max_iters", str(stop), "--resume"])
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert load_checkpoint(out / CHECKPOINT)["iter"] == stop
+    assert [r["iter"] for r in read_metrics(metrics)][-2:] == [stop - 1, stop]
