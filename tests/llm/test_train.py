@@ -17,6 +17,7 @@ from mlscratch.llm.train import (
     load_model,
     read_metrics,
     sample,
+    split_loss,
     train,
 )
 
@@ -176,6 +177,26 @@ def test_estimate_loss_averages_the_same_batches_every_time(tmp_path, text_file)
             expected.append(ref.item())
     assert got["val"] == pytest.approx(sum(expected) / 4, rel=1e-6)
     assert estimate_loss(model, splits, 16, 3, eval_iters=4, seed=5) == got
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 1000])
+def test_split_loss_predicts_every_token_of_whole_windows_once(tmp_path, text_file,
+                                                               batch_size):
+    train(config(tmp_path, text_file, max_iters=2, eval_interval=2), progress=False)
+    model, _, _ = load_model(tmp_path / "run")
+    data = load_split(tmp_path / "run" / "val.bin")
+    n = (len(data) - 1) // 16
+    ids = torch.from_numpy(data[:n * 16 + 1].astype("int64"))
+    x, y = ids[:-1].view(n, 16), ids[1:].view(n, 16)  # the windows, one after another
+    with torch.no_grad():
+        logits, _ = model(x)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.reshape(-1), reduction="sum") / (n * 16)
+    model.train()  # split_loss evaluates in evaluation mode and restores the mode after
+    assert split_loss(model, data, 16, batch_size) == pytest.approx(expected.item(), rel=1e-6)
+    assert model.training
+    with pytest.raises(ValueError, match="fewer than one window"):
+        split_loss(model, data[:16], 16)
 
 
 def test_bfloat16_autocast_trains_close_to_float32(tmp_path, text_file):

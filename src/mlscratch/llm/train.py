@@ -243,6 +243,25 @@ def estimate_loss(model, splits, block_size, batch_size, eval_iters, seed=0, dev
     return losses
 
 
+@torch.no_grad()
+def split_loss(model, data, block_size, batch_size=64, device="cpu"):
+    """Mean loss over every token of a split, read in consecutive windows of block_size."""
+    n_windows = (len(data) - 1) // block_size  # a window needs block_size + 1 tokens
+    if n_windows < 1:
+        raise ValueError(f"the split has {len(data)} tokens, fewer than one window of "
+                         f"block_size + 1 = {block_size + 1}")
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, n_windows, batch_size):
+        offsets = torch.arange(start, min(start + batch_size, n_windows)) * block_size
+        x, y = batch_at(data, offsets, block_size, device)
+        _, loss = model(x, y)  # the mean over len(offsets) * block_size tokens
+        total += loss.double() * len(offsets)
+    model.train(was_training)
+    return total.item() / n_windows
+
+
 class StopSignal:
     """Turn SIGINT and SIGTERM into a request to stop between steps (a 2nd SIGINT aborts)."""
 
