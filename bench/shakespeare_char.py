@@ -191,7 +191,8 @@ def main():
         save("shakespeare_char_seeds", seed_study(data, seeds, tmp), notes=(
             f"nanoGPT's README CPU config, identical for both; each seed fixes the initial "
             f"weights and the batches, which both runs of a row share; val loss on the same "
-            f"200 batches, and over every token of the validation split; std is the sample standard deviation over the {len(seeds)} seeds. "
+            f"200 batches, and over every token of the validation split; std is the sample "
+            f"standard deviation over the {len(seeds)} seeds. "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads."))
         return
     peak = matmul_peak()
