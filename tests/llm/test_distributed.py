@@ -22,6 +22,23 @@ TEXT = "Two processes, one batch: the gradients are averaged, the steps are the 
 RTOL = 1e-6
 
 
+def child_env():
+    """This environment for a child process: our sources, one thread, no inherited ranks."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def torchrun(out_dir, args, **popen):
+    """`torchrun --nproc_per_node=2 -m mlscratch train` on CPU (Popen when given popen options)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "mlscratch", "train", "--out_dir", str(out_dir), *args]
+    if popen:
+        return subprocess.Popen(command, env=child_env(), text=True, **popen)
+    return subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+
+
 def test_dist_info_reads_torchruns_environment():
     assert dist_info({}) == DistInfo(0, 0, 1)
     info = dist_info({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
@@ -48,18 +65,12 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_pat
             "--block_size", "16", "--batch_size", "4", "--eval_iters", "4", "--warmup_iters",
             "1", "--max_iters", "6", "--eval_interval", "3", "--log_interval", "1",
             "--gradient_accumulation_steps", "2", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "mlscratch", "train",
-                          "--out_dir", str(tmp_path / "two"), *args],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = torchrun(tmp_path / "two", args)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("iter 6: val loss") == 1  # rank 0 alone reports
     one = subprocess.run([sys.executable, "-m", "mlscratch", "train",
                           "--out_dir", str(tmp_path / "one"), *args],
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=child_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     a = read_metrics(tmp_path / "two" / "metrics.jsonl")
     b = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -72,18 +83,6 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_pat
     assert ckpt["iter"] == 6 and len(ckpt["rng"]["processes"]) == 2  # one state per process
     assert len(load_checkpoint(tmp_path / "one" / CHECKPOINT)["rng"]["processes"]) == 1
     assert not list((tmp_path / "two").glob("*.tmp"))
-
-
-def torchrun(out_dir, args, **popen):
-    """`torchrun --nproc_per_node=2 -m mlscratch train` on CPU, without inherited rank variables."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "mlscratch", "train", "--out_dir", str(out_dir), *args]
-    if popen:
-        return subprocess.Popen(command, env=env, text=True, **popen)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def without_timings(out_dir):
