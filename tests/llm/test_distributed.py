@@ -39,6 +39,15 @@ def torchrun(out_dir, args, **popen):
     return subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
 
 
+def tiny_run(tmp_path, *extra):
+    """Options of a tiny run on TEXT with 2 micro-batches per step (TEXT written to tmp_path)."""
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    return ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
+            "--block_size", "16", "--batch_size", "4", "--warmup_iters", "1",
+            "--log_interval", "1", "--gradient_accumulation_steps", "2", "--quiet", *extra]
+
+
 def test_dist_info_reads_torchruns_environment():
     assert dist_info({}) == DistInfo(0, 0, 1)
     info = dist_info({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
@@ -59,12 +68,7 @@ def test_accumulation_steps_must_split_evenly_between_processes(tmp_path, monkey
 
 
 def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path):
-    data = tmp_path / "text.txt"
-    data.write_text(TEXT, encoding="utf-8")
-    args = ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
-            "--block_size", "16", "--batch_size", "4", "--eval_iters", "4", "--warmup_iters",
-            "1", "--max_iters", "6", "--eval_interval", "3", "--log_interval", "1",
-            "--gradient_accumulation_steps", "2", "--quiet"]
+    args = tiny_run(tmp_path, "--eval_iters", "4", "--max_iters", "6", "--eval_interval", "3")
     two = torchrun(tmp_path / "two", args)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("iter 6: val loss") == 1  # rank 0 alone reports
@@ -91,13 +95,9 @@ def without_timings(out_dir):
 
 
 def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
-    data = tmp_path / "text.txt"
-    data.write_text(TEXT, encoding="utf-8")
     # lr_decay_iters fixed: the schedule must not depend on where a run stops
-    args = ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
-            "--block_size", "16", "--batch_size", "4", "--eval_iters", "4", "--warmup_iters",
-            "1", "--lr_decay_iters", "8", "--eval_interval", "4", "--log_interval", "1",
-            "--dropout", "0.2", "--gradient_accumulation_steps", "2", "--quiet"]
+    args = tiny_run(tmp_path, "--eval_iters", "4", "--lr_decay_iters", "8", "--eval_interval",
+                    "4", "--dropout", "0.2")
     whole = torchrun(tmp_path / "whole", [*args, "--max_iters", "8"])
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = torchrun(tmp_path / "parts", [*args, "--max_iters", "3"])  # stops between evals
@@ -117,12 +117,7 @@ def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_
 
 
 def test_ctrl_c_under_torchrun_saves_one_checkpoint_that_resumes(tmp_path):
-    data = tmp_path / "text.txt"
-    data.write_text(TEXT, encoding="utf-8")
-    args = ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
-            "--block_size", "16", "--batch_size", "4", "--eval_iters", "2", "--warmup_iters",
-            "1", "--eval_interval", "100000", "--log_interval", "1",
-            "--gradient_accumulation_steps", "2", "--quiet"]
+    args = tiny_run(tmp_path, "--eval_iters", "2", "--eval_interval", "100000")
     out = tmp_path / "run"
     # a process group of its own, as a terminal's foreground job: Ctrl-C signals all of it
     proc = torchrun(out, [*args, "--max_iters", "1000000"], start_new_session=True,
