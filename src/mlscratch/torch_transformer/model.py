@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlscratch.numpy_transformer.model import TransformerConfig
+from mlscratch.numpy_transformer.config import TransformerConfig
 from mlscratch.torch_transformer.layers import (
     Dropout,
     Embedding,

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from mlscratch.llm.optim import AdamW, clip_grad_norm
-from mlscratch.numpy_transformer.model import TransformerConfig
+from mlscratch.numpy_transformer.config import TransformerConfig
 from mlscratch.numpy_transformer.training import noam_lr
 from mlscratch.torch_transformer.model import Transformer, check_state_dict
 
