@@ -1,4 +1,4 @@
-"""GPT (Part III): generation with and without the KV cache, beside transformers' generate
+"""GPT (Part IV): generation with and without the KV cache, beside transformers' generate
 with the same weights; forward+backward throughput beside the same model built from
 torch.nn layers and F.scaled_dot_product_attention (our fused and hand-written paths, and
 both models under torch.compile for reference). Rounds are interleaved so that the

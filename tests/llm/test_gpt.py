@@ -337,3 +337,19 @@ def test_bad_prompts():
         model.generate(torch.zeros(1, 25, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="B, T >= 1"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_the_class_shows_its_api():
+    """forward, new_cache, generate and from_hf are defined in the class body, not attached."""
+    import ast
+    import inspect
+
+    import mlscratch.llm.gpt as gpt
+
+    tree = ast.parse(inspect.getsource(gpt))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GPT").body
+    methods = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+    assert {"forward", "new_cache", "generate", "from_hf"} <= methods
+    assigned = [n for n in tree.body if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Attribute) for t in n.targets)]
+    assert not assigned, "a function is attached to a class after its body"

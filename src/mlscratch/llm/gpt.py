@@ -11,6 +11,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def check_config(config):
+    """Raise ValueError for sizes that do not fit together or for an unknown switch."""
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    n_kv_head = config.n_head if config.n_kv_head is None else config.n_kv_head
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    if n_kv_head < 1 or config.n_head % n_kv_head:
+        raise ValueError(f"n_head ({config.n_head}) must be divisible by n_kv_head ({n_kv_head})")
+    choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
+               "mlp": ("gelu", "swiglu")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    if config.pos == "rope" and config.head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head size, got {config.head_dim}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+
+
 @dataclass
 class GPTConfig:
     """Sizes and switches of the model (nanoGPT's names); defaults give GPT-2 small."""
@@ -30,34 +52,16 @@ class GPTConfig:
     n_hidden: int | None = None  # MLP width; None: 4 n_embd (gelu), about 8/3 n_embd (swiglu)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    fused: bool = False  # the same computation with F.scaled_dot_product_attention
+    fused: bool = False  # the same computation with PyTorch's fused kernels
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_config(self)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
-        choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-                   "mlp": ("gelu", "swiglu")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.pos == "rope" and self.head_dim % 2:
-            raise ValueError(f"rotary embeddings need an even head size, got {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.n_hidden is None:
-            if self.mlp == "gelu":
-                self.n_hidden = 4 * self.n_embd
-            else:  # 2/3 of 4 n_embd keeps the parameter count; rounded up to a multiple of 64
-                self.n_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        if self.n_hidden is None and self.mlp == "gelu":
+            self.n_hidden = 4 * self.n_embd
+        elif self.n_hidden is None:  # 2/3 of 4 n_embd keeps the parameter count; rounded up
+            self.n_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
     @property
     def head_dim(self):
@@ -122,6 +126,19 @@ def softmax(x):
     return e / e.sum(-1, keepdim=True)
 
 
+def causal_attention(q, k, v, p):
+    """softmax(q k^T / sqrt(d) + M) v with dropout p on the weights; q (B, nh, T, d),
+    k and v (B, nkv, Tk, d): fewer (grouped) heads, and q's positions the last T of Tk."""
+    nh, T, d = q.shape[1:]
+    Tk = k.shape[2]
+    k = k.repeat_interleave(nh // k.shape[1], dim=1)  # (B, nh, Tk, d): one copy per query head
+    v = v.repeat_interleave(nh // v.shape[1], dim=1)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, nh, T, Tk)
+    future = torch.ones(T, Tk, dtype=torch.bool, device=q.device).triu(Tk - T + 1)
+    att = softmax(att.masked_fill(future, float("-inf")))
+    return dropout(att, p, True) @ v  # (B, nh, T, d)
+
+
 def rope_tables(head_dim, n_pos, theta):
     """cos and sin of the rotary angles m * theta_i, (n_pos, head_dim), in float32."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -138,7 +155,7 @@ def apply_rope(x, cos, sin):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head (or grouped-query) causal self-attention."""
+    """Multi-head (or grouped-query) causal self-attention, with an optional key/value cache."""
 
     def __init__(self, config):
         super().__init__()
@@ -159,21 +176,11 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
+            if "k" in cache:  # (B, nkv, Tk, d): the past positions, then these
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        Tk = k.shape[2]
         p = cfg.dropout if self.training else 0.0
-        if cfg.fused:
-            y = fused_attention(q, k, v, p)
-        else:
-            k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, Tk, d): one copy per query head
-            v = v.repeat_interleave(nh // nkv, dim=1)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, nh, T, Tk)
-            future = torch.ones(T, Tk, dtype=torch.bool, device=x.device).triu(Tk - T + 1)
-            att = softmax(att.masked_fill(future, float("-inf")))
-            y = dropout(att, p, True) @ v  # (B, nh, T, d)
+        y = (fused_attention if cfg.fused else causal_attention)(q, k, v, p)  # (B, nh, T, d)
         y = y.transpose(1, 2).reshape(B, T, nh * d)
         return dropout(self.c_proj(y), p, True)
 
@@ -223,6 +230,20 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+@torch.no_grad()
+def init_weights(model, std=0.02):
+    """GPT-2's init: N(0, std^2), residual projections scaled by 1/sqrt(2 n_layer)."""
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            p.normal_(0.0, std / math.sqrt(2 * model.config.n_layer))
+        elif name.endswith("bias"):
+            p.zero_()
+        elif p.ndim == 1:  # norm gains
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, std)
+
+
 def cross_entropy(logits, targets, ignore_index=-1):
     """Mean -log softmax(logits)[target] over targets != ignore_index; logits (N, V)."""
     m = logits.amax(-1, keepdim=True)
@@ -232,250 +253,31 @@ def cross_entropy(logits, targets, ignore_index=-1):
     return -(picked * keep).sum() / keep.sum()
 
 
-class GPT(nn.Module):
-    """Decoder-only language model: GPT-2 by default, Llama with GPTConfig.llama()."""
-
-    def __init__(self, config):
-        super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
-        self.config = config
-        C = config.n_embd
-        self.wte = nn.Parameter(torch.empty(config.vocab_size, C))
-        if config.pos == "learned":
-            self.wpe = nn.Parameter(torch.empty(config.block_size, C))
-        else:
-            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = Norm(config)
-        if not config.tie_weights:
-            self.lm_head = nn.Parameter(torch.empty(config.vocab_size, C))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self, std=0.02):
-        """GPT-2's init: N(0, std^2), residual projections scaled by 1/sqrt(2 n_layer)."""
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                p.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
-            elif name.endswith("bias"):
-                p.zero_()
-            elif p.ndim == 1:  # norm gains
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, std)
-
-    def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) int64 -> (logits (B, T, V), loss or None); cache: list from new_cache()."""
-        past = 0 if cache is None or "k" not in cache[0] else cache[0]["k"].shape[2]
-        self._check_ids(idx, past)
-        T = idx.shape[1]
-        x = self.wte[idx]  # (B, T, C): embedding is indexing
-        rope = None
-        if self.config.pos == "learned":
-            x = x + self.wpe[past:past + T]
-        else:
-            rope = (self.rope_cos[past:past + T], self.rope_sin[past:past + T])
-        x = dropout(x, self.config.dropout, self.training)
-        for i, block in enumerate(self.h):
-            x = block(x, rope, None if cache is None else cache[i])
-        x = self.ln_f(x)
-        head = self.wte if self.config.tie_weights else self.lm_head
-        logits = x @ head.T  # (B, T, V)
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, "
-                                 f"got {tuple(targets.shape)}")
-            ce = F.cross_entropy if self.config.fused else cross_entropy
-            loss = ce(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
-
-    def new_cache(self):
-        """An empty key/value cache: one dict per block, filled by forward(..., cache=)."""
-        return [{} for _ in self.h]
-
-    def _check_ids(self, idx, past=0):
-        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"idx must be an int64 tensor of token ids, got "
-                            f"{getattr(idx, 'dtype', type(idx).__name__)}")
-        if idx.ndim != 2 or idx.shape[1] == 0 or idx.shape[0] == 0:
-            raise ValueError(f"idx must have shape (B, T) with B, T >= 1, got {tuple(idx.shape)}")
-        if past + idx.shape[1] > self.config.block_size:
-            raise ValueError(f"sequence of {past + idx.shape[1]} tokens is longer than the "
-                             f"context, block_size={self.config.block_size}")
-        if torch.compiler.is_compiling():  # reading values would split a compiled graph
-            return
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), "
-                             f"got values in [{lo}, {hi}]")
+def next_token_loss(logits, targets, fused=False):
+    """Cross-entropy of logits (B, T, V) against targets (B, T), -1 ignored."""
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have idx's shape {tuple(logits.shape[:-1])}, "
+                         f"got {tuple(targets.shape)}")
+    ce = F.cross_entropy if fused else cross_entropy
+    return ce(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
 
 
-def num_params(model, non_embedding=True):
-    """Number of parameters; non_embedding leaves out the token and position tables."""
-    n = sum(p.numel() for p in model.parameters())
-    if non_embedding:
-        n -= model.wte.numel() + (model.wpe.numel() if model.config.pos == "learned" else 0)
-    return n
-
-
-def flops_per_token(model, T=None):
-    """Training FLOPs per token, forward and backward: 6 N + 12 L C T."""
-    cfg = model.config
-    T = cfg.block_size if T is None else T
-    return 6 * num_params(model) + 12 * cfg.n_layer * cfg.n_embd * T
-
-
-def fused_norm(norm, x):
-    """Norm.forward in one kernel: F.layer_norm or F.rms_norm."""
-    if norm.kind == "rmsnorm":
-        return F.rms_norm(x, x.shape[-1:], norm.weight, norm.eps)
-    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
-
-
-def fused_attention(q, k, v, p):
-    """Causal attention in one kernel; k, v may hold fewer (GQA) heads and more (cached)
-    positions than q, whose positions are the last of k's."""
-    T, Tk = q.shape[2], k.shape[2]
-    gqa = k.shape[1] != q.shape[1]
-    if T == Tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
-                                              enable_gqa=gqa)
-    mask = None if T == 1 else torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=gqa)
-
-
-fused_activation = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "swiglu": F.silu}
-
-
-def config_from_hf(hf_config):
-    """A GPTConfig equal to a transformers GPT2Config or LlamaConfig."""
-    kind = getattr(hf_config, "model_type", None)
-    if kind == "gpt2":
-        if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"GPT-2 activation must be the tanh GELU, "
-                             f"got {hf_config.activation_function!r}")
-        if hf_config.scale_attn_by_inverse_layer_idx or not hf_config.scale_attn_weights:
-            raise ValueError("only GPT-2's standard 1/sqrt(d) attention scaling is supported")
-        return GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
-                         n_layer=hf_config.n_layer, n_head=hf_config.n_head,
-                         n_embd=hf_config.n_embd, n_hidden=hf_config.n_inner,
-                         norm_eps=hf_config.layer_norm_epsilon,
-                         tie_weights=hf_config.tie_word_embeddings)
-    if kind == "llama":
-        if hf_config.attention_bias != hf_config.mlp_bias:
-            raise ValueError("attention_bias and mlp_bias must agree (one bias switch)")
-        if hf_config.hidden_act != "silu":
-            raise ValueError(f"Llama activation must be silu, got {hf_config.hidden_act!r}")
-        if hf_config.head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
-            raise ValueError("head_dim * num_attention_heads must equal hidden_size")
-        rope = getattr(hf_config, "rope_parameters", None) or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"only default RoPE is supported, got {rope.get('rope_type')!r}")
-        theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
-        return GPTConfig.llama(
-            vocab_size=hf_config.vocab_size, block_size=hf_config.max_position_embeddings,
-            n_layer=hf_config.num_hidden_layers, n_head=hf_config.num_attention_heads,
-            n_kv_head=hf_config.num_key_value_heads, n_embd=hf_config.hidden_size,
-            n_hidden=hf_config.intermediate_size, norm_eps=hf_config.rms_norm_eps,
-            rope_theta=theta, bias=hf_config.attention_bias,
-            tie_weights=hf_config.tie_word_embeddings)
-    raise ValueError(f"expected a GPT-2 or Llama config, got model_type {kind!r}")
-
-
-def hf_layout(config, kind):
-    """{hf_name: (our_name, start, stop, transposed)}: the rows of ours each HF tensor fills."""
-    layout, d = {}, config.head_dim
-    if kind == "gpt2":
-        layout["transformer.wte.weight"] = ("wte", 0, None, False)
-        layout["transformer.wpe.weight"] = ("wpe", 0, None, False)
-        layout["transformer.ln_f.weight"] = ("ln_f.weight", 0, None, False)
-        layout["transformer.ln_f.bias"] = ("ln_f.bias", 0, None, False)
-        for i in range(config.n_layer):
-            for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-                conv = not part.startswith("ln")  # Conv1D: weight stored (d_in, d_out)
-                layout[f"transformer.h.{i}.{part}.weight"] = (f"h.{i}.{part}.weight", 0, None, conv)
-                layout[f"transformer.h.{i}.{part}.bias"] = (f"h.{i}.{part}.bias", 0, None, False)
-        if not config.tie_weights:
-            layout["lm_head.weight"] = ("lm_head", 0, None, False)
-        return layout
-    layout["model.embed_tokens.weight"] = ("wte", 0, None, False)
-    layout["model.norm.weight"] = ("ln_f.weight", 0, None, False)
-    if not config.tie_weights:
-        layout["lm_head.weight"] = ("lm_head", 0, None, False)
-    q_rows, kv_rows = config.n_head * d, config.n_kv_head * d
-    for i in range(config.n_layer):
-        hf, us = f"model.layers.{i}.", f"h.{i}."
-        layout[hf + "input_layernorm.weight"] = (us + "ln_1.weight", 0, None, False)
-        layout[hf + "post_attention_layernorm.weight"] = (us + "ln_2.weight", 0, None, False)
-        qkv = {"q_proj": 0, "k_proj": q_rows, "v_proj": q_rows + kv_rows}
-        parts = {f"self_attn.{n}": ("attn.c_attn", row, row + (q_rows if n == "q_proj"
-                                                               else kv_rows))
-                 for n, row in qkv.items()}
-        parts.update({"self_attn.o_proj": ("attn.c_proj", 0, None),
-                      "mlp.gate_proj": ("mlp.c_gate", 0, None),
-                      "mlp.up_proj": ("mlp.c_fc", 0, None),
-                      "mlp.down_proj": ("mlp.c_proj", 0, None)})
-        for name, (ours, start, stop) in parts.items():
-            layout[hf + name + ".weight"] = (us + ours + ".weight", start, stop, False)
-            if config.bias:
-                layout[hf + name + ".bias"] = (us + ours + ".bias", start, stop, False)
-    return layout
-
-
-@torch.no_grad()
-def _from_hf(cls, model_or_state_dict, config=None):
-    """A GPT with the weights of a transformers GPT2LMHeadModel or LlamaForCausalLM.
-
-    Pass a model, or a state dict with its config (a transformers config or a GPTConfig
-    plus kind inferred from the names): head counts cannot be read from tensor shapes.
-    """
-    if isinstance(model_or_state_dict, nn.Module):
-        config = model_or_state_dict.config if config is None else config
-        state = model_or_state_dict.state_dict()
-    elif isinstance(model_or_state_dict, dict):
-        state = model_or_state_dict
-        if config is None:
-            raise ValueError("a state dict needs its config (n_head is not in the shapes): "
-                             "from_hf(state_dict, config)")
-    else:
-        raise TypeError(f"expected a transformers model or a state dict, "
-                        f"got {type(model_or_state_dict).__name__}")
-    kind = "gpt2" if any(k.startswith("transformer.") for k in state) else "llama"
-    if not isinstance(config, GPTConfig):
-        config = config_from_hf(config)
-    dtype = next(iter(state.values())).dtype
-    model = cls(config).to(dtype)
-    layout, ours = hf_layout(config, kind), dict(model.named_parameters())
-    # tied heads and GPT-2's causal-mask buffers may appear in a state dict; they carry nothing
-    optional = {k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))
-                and k not in layout}
-    if config.tie_weights:
-        optional.add("lm_head.weight")
-    missing = sorted(set(layout) - set(state))
-    unexpected = sorted(set(state) - set(layout) - optional)
-    wrong = []
-    for hf_name, (name, start, stop, transposed) in layout.items():
-        if hf_name not in state:
-            continue
-        t = state[hf_name].T if transposed else state[hf_name]
-        target = ours[name][start:stop]
-        if t.shape != target.shape:
-            shape = tuple(target.shape)
-            wrong.append(f"{hf_name}: got {tuple(state[hf_name].shape)}, "
-                         f"expected {shape[::-1] if transposed else shape}")
-        elif not missing:
-            target.copy_(t)
-    if missing or unexpected or wrong:
-        raise ValueError(f"state dict does not fit {kind} {config}: missing {missing}, "
-                         f"unexpected {unexpected}, mis-shaped {wrong}")
-    return model
-
-
-GPT.from_hf = classmethod(_from_hf)
+def check_ids(idx, config, past=0):
+    """Raise unless idx is a (B, T) int tensor of ids in [0, vocab_size) and past + T fits."""
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"idx must be an int64 tensor of token ids, got "
+                        f"{getattr(idx, 'dtype', type(idx).__name__)}")
+    if idx.ndim != 2 or idx.shape[1] == 0 or idx.shape[0] == 0:
+        raise ValueError(f"idx must have shape (B, T) with B, T >= 1, got {tuple(idx.shape)}")
+    if past + idx.shape[1] > config.block_size:
+        raise ValueError(f"sequence of {past + idx.shape[1]} tokens is longer than the "
+                         f"context, block_size={config.block_size}")
+    if torch.compiler.is_compiling():  # reading values would split a compiled graph
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= config.vocab_size:
+        raise ValueError(f"token ids must be in [0, {config.vocab_size}), "
+                         f"got values in [{lo}, {hi}]")
 
 
 def filter_logits(logits, top_k=None, top_p=None):
@@ -492,17 +294,23 @@ def filter_logits(logits, top_k=None, top_p=None):
     return logits
 
 
-def _check_sampling(temperature, top_k, top_p):
+def check_sampling(config, max_new_tokens, temperature, top_k, top_p, eos_id):
+    """Raise ValueError for sampling options that have no meaning."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if eos_id is not None and not 0 <= eos_id < config.vocab_size:
+        raise ValueError(f"eos_id must be in [0, {config.vocab_size}), got {eos_id}")
 
 
 @torch.no_grad()
-def _stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache):
+def token_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
+                 use_cache):
     """Yield (B,) new tokens one step at a time (see GPT.generate)."""
     generator = torch.Generator(device=idx.device)
     if seed is not None:
@@ -530,21 +338,236 @@ def _stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
             return
 
 
-def _generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-              eos_id=None, stream=False, use_cache=True):
-    """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + n), or an
-    iterator of (B,) tokens with stream=True. use_cache=False recomputes every step."""
-    self._check_ids(idx)
-    _check_sampling(temperature, top_k, top_p)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if eos_id is not None and not 0 <= eos_id < self.config.vocab_size:
-        raise ValueError(f"eos_id must be in [0, {self.config.vocab_size}), got {eos_id}")
-    tokens = _stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
-                     use_cache)
-    if stream:
-        return tokens
-    return torch.cat([idx, *(t[:, None] for t in tokens)], dim=1)
+def config_from_gpt2(hf_config):
+    """A GPTConfig equal to a transformers GPT2Config."""
+    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 activation must be the tanh GELU, "
+                         f"got {hf_config.activation_function!r}")
+    if hf_config.scale_attn_by_inverse_layer_idx or not hf_config.scale_attn_weights:
+        raise ValueError("only GPT-2's standard 1/sqrt(d) attention scaling is supported")
+    return GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
+                     n_layer=hf_config.n_layer, n_head=hf_config.n_head,
+                     n_embd=hf_config.n_embd, n_hidden=hf_config.n_inner,
+                     norm_eps=hf_config.layer_norm_epsilon,
+                     tie_weights=hf_config.tie_word_embeddings)
 
 
-GPT.generate = _generate
+def config_from_llama(hf_config):
+    """A GPTConfig equal to a transformers LlamaConfig."""
+    if hf_config.attention_bias != hf_config.mlp_bias:
+        raise ValueError("attention_bias and mlp_bias must agree (one bias switch)")
+    if hf_config.hidden_act != "silu":
+        raise ValueError(f"Llama activation must be silu, got {hf_config.hidden_act!r}")
+    if hf_config.head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
+        raise ValueError("head_dim * num_attention_heads must equal hidden_size")
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"only default RoPE is supported, got {rope.get('rope_type')!r}")
+    theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    return GPTConfig.llama(
+        vocab_size=hf_config.vocab_size, block_size=hf_config.max_position_embeddings,
+        n_layer=hf_config.num_hidden_layers, n_head=hf_config.num_attention_heads,
+        n_kv_head=hf_config.num_key_value_heads, n_embd=hf_config.hidden_size,
+        n_hidden=hf_config.intermediate_size, norm_eps=hf_config.rms_norm_eps,
+        rope_theta=theta, bias=hf_config.attention_bias,
+        tie_weights=hf_config.tie_word_embeddings)
+
+
+def config_from_hf(hf_config):
+    """A GPTConfig equal to a transformers GPT2Config or LlamaConfig."""
+    kind = getattr(hf_config, "model_type", None)
+    if kind == "gpt2":
+        return config_from_gpt2(hf_config)
+    if kind == "llama":
+        return config_from_llama(hf_config)
+    raise ValueError(f"expected a GPT-2 or Llama config, got model_type {kind!r}")
+
+
+def gpt2_layout(config):
+    """{hf_name: (our_name, start, stop, transposed)} for a transformers GPT2LMHeadModel."""
+    layout = {"transformer.wte.weight": ("wte", 0, None, False),
+              "transformer.wpe.weight": ("wpe", 0, None, False),
+              "transformer.ln_f.weight": ("ln_f.weight", 0, None, False),
+              "transformer.ln_f.bias": ("ln_f.bias", 0, None, False)}
+    for i in range(config.n_layer):
+        for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            conv = not part.startswith("ln")  # Conv1D: weight stored (d_in, d_out)
+            layout[f"transformer.h.{i}.{part}.weight"] = (f"h.{i}.{part}.weight", 0, None, conv)
+            layout[f"transformer.h.{i}.{part}.bias"] = (f"h.{i}.{part}.bias", 0, None, False)
+    if not config.tie_weights:
+        layout["lm_head.weight"] = ("lm_head", 0, None, False)
+    return layout
+
+
+def llama_layout(config):
+    """{hf_name: (our_name, start, stop, transposed)} for a transformers LlamaForCausalLM."""
+    layout = {"model.embed_tokens.weight": ("wte", 0, None, False),
+              "model.norm.weight": ("ln_f.weight", 0, None, False)}
+    if not config.tie_weights:
+        layout["lm_head.weight"] = ("lm_head", 0, None, False)
+    q_rows, kv_rows = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    parts = {"self_attn.q_proj": ("attn.c_attn", 0, q_rows),  # c_attn stacks q, k, v
+             "self_attn.k_proj": ("attn.c_attn", q_rows, q_rows + kv_rows),
+             "self_attn.v_proj": ("attn.c_attn", q_rows + kv_rows, q_rows + 2 * kv_rows),
+             "self_attn.o_proj": ("attn.c_proj", 0, None), "mlp.gate_proj": ("mlp.c_gate", 0, None),
+             "mlp.up_proj": ("mlp.c_fc", 0, None), "mlp.down_proj": ("mlp.c_proj", 0, None)}
+    for i in range(config.n_layer):
+        hf, us = f"model.layers.{i}.", f"h.{i}."
+        layout[hf + "input_layernorm.weight"] = (us + "ln_1.weight", 0, None, False)
+        layout[hf + "post_attention_layernorm.weight"] = (us + "ln_2.weight", 0, None, False)
+        for name, (ours, start, stop) in parts.items():
+            layout[hf + name + ".weight"] = (us + ours + ".weight", start, stop, False)
+            if config.bias:
+                layout[hf + name + ".bias"] = (us + ours + ".bias", start, stop, False)
+    return layout
+
+
+def hf_layout(config, kind):
+    """{hf_name: (our_name, start, stop, transposed)}: the rows of ours each HF tensor fills."""
+    return gpt2_layout(config) if kind == "gpt2" else llama_layout(config)
+
+
+def hf_state(model_or_state_dict, config=None):
+    """(state dict, GPTConfig, "gpt2" or "llama") of a transformers model, or of a state
+    dict with its config (a transformers config, or a GPTConfig)."""
+    if isinstance(model_or_state_dict, nn.Module):
+        config = model_or_state_dict.config if config is None else config
+        state = model_or_state_dict.state_dict()
+    elif isinstance(model_or_state_dict, dict):
+        state = model_or_state_dict
+        if config is None:
+            raise ValueError("a state dict needs its config (n_head is not in the shapes): "
+                             "from_hf(state_dict, config)")
+    else:
+        raise TypeError(f"expected a transformers model or a state dict, "
+                        f"got {type(model_or_state_dict).__name__}")
+    kind = "gpt2" if any(k.startswith("transformer.") for k in state) else "llama"
+    if not isinstance(config, GPTConfig):
+        config = config_from_hf(config)
+    return state, config, kind
+
+
+@torch.no_grad()
+def load_hf_state(model, state, kind):
+    """Copy a transformers state dict into model, or raise naming each tensor that misfits."""
+    config = model.config
+    layout, ours = hf_layout(config, kind), dict(model.named_parameters())
+    optional = {k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))
+                and k not in layout}  # GPT-2's causal-mask buffers
+    if config.tie_weights:
+        optional.add("lm_head.weight")
+    missing = sorted(set(layout) - set(state))
+    unexpected = sorted(set(state) - set(layout) - optional)
+    wrong = []
+    for hf_name, (name, start, stop, transposed) in layout.items():
+        if hf_name not in state:
+            continue
+        t = state[hf_name].T if transposed else state[hf_name]
+        target = ours[name][start:stop]
+        if t.shape != target.shape:
+            shape = tuple(target.shape)
+            wrong.append(f"{hf_name}: got {tuple(state[hf_name].shape)}, "
+                         f"expected {shape[::-1] if transposed else shape}")
+        elif not missing:
+            target.copy_(t)
+    if missing or unexpected or wrong:
+        raise ValueError(f"state dict does not fit {kind} {config}: missing {missing}, "
+                         f"unexpected {unexpected}, mis-shaped {wrong}")
+
+
+class GPT(nn.Module):
+    """Decoder-only language model: GPT-2 by default, Llama with GPTConfig.llama()."""
+
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        V, C = config.vocab_size, config.n_embd
+        self.wte = nn.Parameter(torch.empty(V, C))
+        if config.pos == "learned":
+            self.wpe = nn.Parameter(torch.empty(config.block_size, C))
+        else:
+            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = Norm(config)
+        if not config.tie_weights:
+            self.lm_head = nn.Parameter(torch.empty(V, C))
+        init_weights(self)
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) int64 -> (logits (B, T, V), loss or None); cache: list from new_cache()."""
+        past = 0 if cache is None or "k" not in cache[0] else cache[0]["k"].shape[2]
+        check_ids(idx, self.config, past)
+        x, rope, now = self.wte[idx], None, slice(past, past + idx.shape[1])  # x (B, T, C)
+        if self.config.pos == "learned":
+            x = x + self.wpe[now]
+        else:
+            rope = (self.rope_cos[now], self.rope_sin[now])
+        x = dropout(x, self.config.dropout, self.training)
+        for i, block in enumerate(self.h):
+            x = block(x, rope, None if cache is None else cache[i])
+        logits = self.ln_f(x) @ (self.wte if self.config.tie_weights else self.lm_head).T
+        loss = None if targets is None else next_token_loss(logits, targets, self.config.fused)
+        return logits, loss
+
+    def new_cache(self):
+        """An empty key/value cache: one dict per block, filled by forward(..., cache=)."""
+        return [{} for _ in self.h]
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 eos_id=None, stream=False, use_cache=True):
+        """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + n), or an
+        iterator of (B,) tokens with stream=True. use_cache=False recomputes every step."""
+        check_ids(idx, self.config)
+        check_sampling(self.config, max_new_tokens, temperature, top_k, top_p, eos_id)
+        tokens = token_stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed,
+                              eos_id, use_cache)
+        return tokens if stream else torch.cat([idx, *(t[:, None] for t in tokens)], dim=1)
+
+    @classmethod
+    def from_hf(cls, model_or_state_dict, config=None):
+        """A GPT with the weights of a transformers GPT-2 or Llama (or state dict and config)."""
+        state, config, kind = hf_state(model_or_state_dict, config)
+        model = cls(config).to(next(iter(state.values())).dtype)
+        load_hf_state(model, state, kind)
+        return model
+
+
+def num_params(model, non_embedding=True):
+    """Number of parameters; non_embedding leaves out the token and position tables."""
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= model.wte.numel() + (model.wpe.numel() if model.config.pos == "learned" else 0)
+    return n
+
+
+def flops_per_token(model, T=None):
+    """Training FLOPs per token, forward and backward: 6 N + 12 L C T."""
+    cfg = model.config
+    T = cfg.block_size if T is None else T
+    return 6 * num_params(model) + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+def fused_norm(norm, x):
+    """Norm.forward in one kernel: F.layer_norm or F.rms_norm."""
+    if norm.kind == "rmsnorm":
+        return F.rms_norm(x, x.shape[-1:], norm.weight, norm.eps)
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+
+def fused_attention(q, k, v, p):
+    """causal_attention in one kernel; k, v may hold fewer (GQA) heads and more (cached)
+    positions than q, whose positions are the last of k's."""
+    T, Tk = q.shape[2], k.shape[2]
+    gqa = k.shape[1] != q.shape[1]
+    if T == Tk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
+                                              enable_gqa=gqa)
+    mask = None if T == 1 else torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=gqa)
+
+
+fused_activation = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "swiglu": F.silu}
