@@ -5,7 +5,8 @@
 
 Run `python src/mlscratch/tangle.py` to rewrite src/ from book/, add `--check` to
 compare instead of writing (exit status 1 and a diff when they differ), and `--format`
-to format the chapters' code cells with `ruff format`.
+to format the chapters' code cells with `ruff format`. Both writing and checking also
+enforce two rules: code cells of at most 60 lines, and imports in reading order.
 """
 
 from __future__ import annotations
