@@ -36,7 +36,7 @@ check: $(STAMP)  ## src/ matches book/, cells <= 60 lines, imports in reading or
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check $(FORMATTED)
 
-format: $(STAMP)  ## format the chapters' code cells, re-tangle, format the hand-written files
+format: $(STAMP)  ## format the chapters' code cells and the hand-written files, then re-tangle
 	$(PY) src/mlscratch/tangle.py --format
 	$(VENV)/bin/ruff format tests bench book/_ext $(HAND_WRITTEN)
 	$(PY) src/mlscratch/tangle.py
