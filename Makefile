@@ -13,7 +13,12 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 BOOKFLAGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup book test tangle check lint bench clean
+# Python files formatted by `ruff format`; the generated modules in src/ are formatted
+# through their chapters (`tangle.py --format`), the hand-written ones directly.
+FORMATTED := src tests bench book/_ext
+HAND_WRITTEN = $(shell find src -name __init__.py -o -name __main__.py)
+
+.PHONY: setup book test tangle check format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,16 +31,22 @@ setup: $(STAMP)  ## create .venv and install the package with its book and test 
 tangle: $(STAMP)  ## rewrite the generated modules in src/ from the chapters in book/
 	$(PY) src/mlscratch/tangle.py
 
-check: $(STAMP)  ## fail with a diff when src/ does not match book/; lint
+check: $(STAMP)  ## src/ matches book/, cells <= 60 lines, imports in reading order; lint; format
 	$(PY) src/mlscratch/tangle.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check $(FORMATTED)
+
+format: $(STAMP)  ## format the chapters' code cells and the hand-written files, then re-tangle
+	$(PY) src/mlscratch/tangle.py --format
+	$(VENV)/bin/ruff format tests bench book/_ext $(HAND_WRITTEN)
+	$(PY) src/mlscratch/tangle.py
 
 book: check  ## execute the chapters and build the HTML book into _build/html
 	$(VENV)/bin/jupyter-book build . $(BOOKFLAGS)
 	@echo "Open _build/html/index.html in a browser."
 
-test: $(STAMP)  ## run the test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP)  ## run the test suite; the 15 slowest tests are listed at the end
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## run the benchmarks (minutes); results go to bench/results/
 	$(PY) bench/run_all.py

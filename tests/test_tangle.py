@@ -170,8 +170,13 @@ def test_command_line_exit_codes(book, capsys):
 def test_this_repository_is_in_sync_with_its_book(repo_root):
     """src/ must be exactly what the chapters say: edit the chapter, then `make tangle`."""
     out = io.StringIO()
-    status = t.tangle(repo_root, check=True, out=out)
-    assert status == 0, out.getvalue()
+    modules = t.plan(t.read_chapters(repo_root))
+    assert t.sync(repo_root, modules, check=True, out=out) == 0, out.getvalue()
+
+
+def test_every_code_cell_of_this_book_has_at_most_60_lines(repo_root):
+    """Listings a reader can hold: split a long cell into named functions, prose between."""
+    assert t.check_cell_lengths(t.read_chapters(repo_root)) == []
 
 
 def test_the_tangler_reproduces_itself(repo_root):
@@ -180,3 +185,138 @@ def test_the_tangler_reproduces_itself(repo_root):
     tangler = modules["src/mlscratch/tangle.py"]
     assert tangler.chapter == "book/appendix/building.md"
     assert tangler.render() == (repo_root / "src/mlscratch/tangle.py").read_text()
+
+
+def cell_of(lines, options=":tags: [export]\n"):
+    """A code cell whose code is `lines` numbered lines, after options and a blank line."""
+    code = "".join(f"x{i} = {i}\n" for i in range(lines))
+    return f"```{{code-cell}} ipython3\n{options}\n{code}\n\n```\n"
+
+
+@pytest.mark.parametrize("options", [":tags: [export]\n", "---\ntags: [export]\n---\n", ""])
+def test_a_cell_of_60_lines_passes_and_61_fail_naming_its_first_code_line(book, options):
+    write(book, chapter(cell_of(60, options)))
+    assert run(book, check=False)[0] == 0
+    assert run(book, check=True) == (0, "")
+    write(book, chapter(cell_of(61, options)))
+    first = 6 + 1 + options.count("\n") + 1  # front matter 3, title, blank; fence; options; blank
+    message = f"book/ch.md:{first}: code cell has 61 lines; at most 60\n"
+    status, report = run(book)
+    assert status == 1 and message in report
+    assert report.startswith("wrote src/pkg/mod.py") == bool(options)  # exported or not
+    status, report = run(book, check=True)
+    assert status == 1 and report.startswith(message)  # src/ itself is in sync
+    assert t.check_cell_lengths(t.read_chapters(book)) == [message.strip()]
+
+
+def test_writing_still_writes_the_files_when_a_cell_is_too_long(book, capsys):
+    demonstration = cell_of(70, options="")
+    write(book, chapter(CELL + "\n" + demonstration))
+    status, report = run(book)
+    assert status == 1
+    assert "wrote src/pkg/mod.py" in report
+    assert "code cell has 70 lines; at most 60" in report
+    assert "def g()" in (book / "src/pkg/mod.py").read_text()
+    assert t.main(["--root", str(book), "--check"]) == 1
+    assert "book/ch.md:27: code cell has 70 lines" in capsys.readouterr().out
+
+
+def test_cell_length_counts_from_the_first_to_the_last_non_blank_code_line():
+    text = chapter("```{code-cell}\n:tags: [x]\n\n\na = 1\n\n\nb = 2\n\n\n```\n")
+    (cell,) = t.parse_chapter(text, "ch.md").cells
+    assert (cell.line, t.cell_length(cell)) == (10, 4)
+
+
+@pytest.mark.parametrize(
+    ("tags", "default", "target"),
+    [
+        (["export"], "src/pkg/mod.py", "src/pkg/mod.py"),
+        ("export", "src/pkg/mod.py", "src/pkg/mod.py"),
+        (["export:src/pkg/b.py"], None, "src/pkg/b.py"),
+        (["hide-input", "export:src/pkg/b.py"], "src/pkg/mod.py", "src/pkg/b.py"),
+        (["hide-input", "exprt"], "src/pkg/mod.py", None),
+        ([], "src/pkg/mod.py", None),
+        (None, "src/pkg/mod.py", None),
+    ],
+)
+def test_export_marker_is_a_pure_function_of_the_tags(tags, default, target):
+    assert t.export_marker(tags, default) == target
+
+
+@pytest.mark.parametrize(
+    ("tags", "default", "message"),
+    [
+        (["export"], None, "front matter names no module"),
+        (["exports"], "src/a.py", "unknown marker 'exports'"),
+        (["export", "export:src/b.py"], "src/a.py", "more than one"),
+    ],
+)
+def test_export_marker_rejects_bad_markers(tags, default, message):
+    with pytest.raises(t.MarkerError, match=message):
+        t.export_marker(tags, default)
+
+
+UGLY = """\
+Prose  with   odd spacing   stays.
+
+```{code-cell} ipython3
+:tags: [export]
+
+def f( a,b ) :
+    return {'a':a,
+        'b':b}
+
+
+```
+
+```{code-cell} ipython3
+%matplotlib inline
+x = [1,2]
+```
+
+```{code-cell} ipython3
+y = [ 1,2 ]
+```
+"""
+
+
+def test_format_formats_every_python_cell_and_leaves_the_rest_byte_identical(book):
+    (book / "pyproject.toml").write_text("[tool.ruff]\nline-length = 100\n")
+    write(book, chapter(UGLY).replace("\n", "\r\n", 3))  # CRLF in the front matter
+    before = (book / "book/ch.md").read_bytes()
+    out = io.StringIO()
+    assert t.format_book(book, out=out) == 0
+    assert out.getvalue() == "formatted book/ch.md\n"
+    after = (book / "book/ch.md").read_bytes()
+    expected = before.replace(
+        b"def f( a,b ) :\n    return {'a':a,\n        'b':b}\n",
+        b'def f(a, b):\n    return {"a": a, "b": b}\n',
+    ).replace(b"y = [ 1,2 ]", b"y = [1, 2]")
+    assert after == expected  # the IPython cell is left alone, blank lines kept
+    assert t.format_book(book, out=out) == 0 and out.getvalue().count("formatted") == 1
+
+
+def test_format_only_the_named_chapters(book, tmp_path):
+    write(book, chapter(UGLY), "a.md")
+    write(book, chapter(UGLY), "b.md")
+    assert t.main(["--root", str(book), "--format", "book/b.md"]) == 0
+    assert (book / "book/a.md").read_text() == chapter(UGLY)
+    assert "y = [1, 2]" in (book / "book/b.md").read_text()
+    assert t.main(["--root", str(book), "--format", "book/nope.md"]) == 2
+
+
+def test_format_needs_ruff(book, monkeypatch, capsys):
+    write(book, chapter(UGLY))
+    monkeypatch.setattr(t.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(t.FormatError, match="ruff is not installed"):
+        t.format_book(book)
+    assert t.main(["--root", str(book), "--format"]) == 2
+    assert "tangle: ruff is not installed" in capsys.readouterr().err
+    assert (book / "book/ch.md").read_text() == chapter(UGLY)
+
+
+def test_format_and_check_exclude_each_other(book):
+    with pytest.raises(SystemExit):
+        t.main(["--root", str(book), "--format", "--check"])
+    with pytest.raises(SystemExit):
+        t.main(["--root", str(book), "book/ch.md"])

@@ -9,6 +9,8 @@
    sphinx-book-theme only does when online launch buttons are configured.
 4. Exported cells (tag `export` or `export:PATH`) get a caption naming the module
    that `make tangle` writes them into, so a reader sees where each listing lives.
+   The tags are read by the tangler's own `export_marker`, so the caption and the
+   package cannot disagree; a bad marker is a build warning (an error with -W).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import shutil
 from pathlib import Path
 
 from docutils import nodes
+from sphinx.util import logging
+
+from mlscratch.tangle import MarkerError, export_marker
 
 MODULE_BADGE_CLASS = "mlscratch-module"
+logger = logging.getLogger(__name__)
 
 
 def force_execution_in_ci(app, config):
@@ -56,15 +62,6 @@ def offer_notebook_download(app, pagename, templatename, context, doctree):
     context["ipynb_source"] = f"{pagename}.ipynb"
 
 
-def export_target(tags, default):
-    for tag in tags:
-        if tag == "export":
-            return default or "(module named in the front matter)"
-        if tag.startswith("export:"):
-            return tag.removeprefix("export:")
-    return None
-
-
 def caption_exported_cells(app, doctree):
     """Put 'src/mlscratch/....py' above each exported listing."""
     default = app.env.metadata.get(app.env.docname, {}).get("tangle")
@@ -72,7 +69,11 @@ def caption_exported_cells(app, doctree):
         if cell.get("nb_element") != "cell_code":
             continue
         tags = cell.get("cell_metadata", {}).get("tags", [])
-        target = export_target([str(t) for t in tags], default)
+        try:
+            target = export_marker(tags, default)
+        except MarkerError as err:
+            logger.warning(f"{err} (`make tangle` names the line)", location=cell)
+            continue
         if target is None:
             continue
         badge = nodes.paragraph(classes=[MODULE_BADGE_CLASS])

@@ -4,4 +4,4 @@ Subpackages: `numpy_transformer` (Part I), `torch_transformer` (Part II), `llm`
 (Part III) and `text` (corpora, synthetic tasks, BLEU).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place of the version: pyproject.toml reads it
