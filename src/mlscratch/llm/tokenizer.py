@@ -244,6 +244,7 @@ VERSION = 1
 
 
 def _checksum(body):
+    """SHA-256 of the body without its own checksum, in a canonical JSON form."""
     content = {key: value for key, value in body.items() if key != "sha256"}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
