@@ -1,4 +1,4 @@
-"""Chapter 2's BPE training: pre-tokenization, streaming, fast = naive, and HF's merges."""
+"""BPE training (book/tokens/bpe.md): pre-tokenization, streaming, fast = naive, HF's merges."""
 
 import itertools
 import json

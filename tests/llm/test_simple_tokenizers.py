@@ -1,4 +1,4 @@
-"""Chapter 1's baselines: character- and byte-level tokenizers."""
+"""The baselines of book/tokens/bytes.md: character- and byte-level tokenizers."""
 
 import pytest
 from hypothesis import given

@@ -1,4 +1,4 @@
-"""Chapter 3's BPETokenizer: the same ids as tiktoken, exact round trips, files, bad input."""
+"""BPETokenizer (book/tokens/tokenizer.md): tiktoken's ids, exact round trips, files, bad input."""
 
 import json
 import os
