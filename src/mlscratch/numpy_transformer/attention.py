@@ -116,6 +116,20 @@ def attention_backward(dy, cache):
     return dq, dk, dv
 
 
+def check_attention_inputs(x_q, x_kv, d_model, dtype):
+    """Raise unless x_q (B, T, d_model) and x_kv (B, S, d_model) are non-empty, of `dtype`."""
+    for name, x in (("x_q", x_q), ("x_kv", x_kv)):
+        check_array(name, x, ndim=3, last_dim=d_model)
+        if x.dtype != dtype:
+            raise TypeError(f"{name} must have the weights' dtype {dtype}, got {x.dtype}")
+        if 0 in x.shape:
+            raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    if x_q.shape[0] != x_kv.shape[0]:
+        raise ValueError(
+            f"x_q and x_kv must have the same batch size, got {x_q.shape} and {x_kv.shape}"
+        )
+
+
 class MultiHeadAttention(Module):
     """Multi-head attention: project, split into n_heads, attend, concatenate, project.
 
@@ -147,17 +161,7 @@ class MultiHeadAttention(Module):
         return x.transpose(0, 2, 1, 3).reshape(B, L, self.d_model)
 
     def forward(self, x_q, x_kv, mask=None):
-        dtype = self.w_q.params["weight"].dtype
-        for name, x in (("x_q", x_q), ("x_kv", x_kv)):
-            check_array(name, x, ndim=3, last_dim=self.d_model)
-            if x.dtype != dtype:
-                raise TypeError(f"{name} must have the weights' dtype {dtype}, got {x.dtype}")
-            if 0 in x.shape:
-                raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-        if x_q.shape[0] != x_kv.shape[0]:
-            raise ValueError(
-                f"x_q and x_kv must have the same batch size, got {x_q.shape} and {x_kv.shape}"
-            )
+        check_attention_inputs(x_q, x_kv, self.d_model, self.w_q.params["weight"].dtype)
         q = self.split_heads(self.w_q.forward(x_q))  # (B, h, T, d_k)
         k = self.split_heads(self.w_k.forward(x_kv))  # (B, h, S, d_k)
         v = self.split_heads(self.w_v.forward(x_kv))  # (B, h, S, d_k)

@@ -6,11 +6,34 @@
 import numpy as np
 
 
+def dotted(prefix, name):
+    """'prefix.name', or just 'name' at the top of the tree."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+def check_state_dict(params, state):
+    """Raise unless `state` has the names and shapes of `params` and one float dtype."""
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise KeyError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    dtypes = {np.asarray(value).dtype for value in state.values()}
+    if len(dtypes) > 1 or any(dtype.kind != "f" for dtype in dtypes):
+        found = sorted(map(str, dtypes))
+        raise TypeError(f"parameters must share one float dtype, got {found}")
+    wrong = [
+        f"{name}: expected {param.shape}, got {np.shape(state[name])}"
+        for name, param in params.items()
+        if np.shape(state[name]) != param.shape
+    ]
+    if wrong:
+        raise ValueError("state dict has mis-shaped arrays: " + "; ".join(wrong))
+
+
 class Module:
     """A layer: parameters and their gradients by name, child modules, a train/eval flag.
 
-    `forward` caches what `backward` needs; `backward(dy)` returns dL/dx and adds
-    dL/dparam into `self.dparams`.
+    forward caches what backward needs; backward(dy) returns dL/dx, adds dL/dparam to dparams.
     """
 
     def __init__(self):
@@ -18,25 +41,25 @@ class Module:
         self.dparams = {}  # name -> dL/dparam, same shape, accumulated by backward
         self.training = True
 
-    def children(self):
-        """(name, module) for each child module, including those held in lists."""
-        for name, value in vars(self).items():
-            if isinstance(value, Module):
-                yield name, value
-            elif isinstance(value, list | tuple) and value and isinstance(value[0], Module):
-                for i, child in enumerate(value):
-                    yield f"{name}.{i}", child
-
-    def named_parameters(self, prefix=""):
-        """(dotted name, parameter array, gradient array) for this module and below."""
-        for name, param in self.params.items():
-            yield prefix + name, param, self.dparams[name]
-        for name, child in self.children():
-            yield from child.named_parameters(f"{prefix}{name}.")
-
     def add_param(self, name, value):
         self.params[name] = value
         self.dparams[name] = np.zeros_like(value)
+
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module ('' at the top) and every descendant."""
+        yield prefix, self
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield from value.named_modules(dotted(prefix, name))
+            elif isinstance(value, list | tuple) and value and isinstance(value[0], Module):
+                for i, child in enumerate(value):
+                    yield from child.named_modules(dotted(prefix, f"{name}.{i}"))
+
+    def named_parameters(self):
+        """(dotted name, parameter array, gradient array) for this module and below."""
+        for prefix, module in self.named_modules():
+            for key, param in module.params.items():
+                yield dotted(prefix, key), param, module.dparams[key]
 
     def zero_grad(self):
         for _, _, grad in self.named_parameters():
@@ -51,42 +74,15 @@ class Module:
         return {name: grad for name, _, grad in self.named_parameters()}
 
     def load_state_dict(self, state):
-        """Replace every parameter by a copy of state[name], after checking names and shapes.
-
-        The arrays must share one float dtype, which the module then computes in.
-        """
-        owners = {}
-        for name, module in self.named_modules():
+        """Replace every parameter by a copy of state[name], in the dtype of the arrays."""
+        check_state_dict(self.state_dict(), state)
+        for prefix, module in self.named_modules():
             for key in module.params:
-                owners[f"{name}.{key}" if name else key] = (module, key)
-        missing = sorted(set(owners) - set(state))
-        unexpected = sorted(set(state) - set(owners))
-        if missing or unexpected:
-            raise KeyError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-        dtypes = {np.asarray(value).dtype for value in state.values()}
-        if len(dtypes) > 1 or any(dtype.kind != "f" for dtype in dtypes):
-            found = sorted(map(str, dtypes))
-            raise TypeError(f"parameters must share one float dtype, got {found}")
-        wrong = [
-            f"{name}: expected {module.params[key].shape}, got {np.shape(state[name])}"
-            for name, (module, key) in owners.items()
-            if np.shape(state[name]) != module.params[key].shape
-        ]
-        if wrong:
-            raise ValueError("state dict has mis-shaped arrays: " + "; ".join(wrong))
-        for name, (module, key) in owners.items():  # nothing changes unless all is well
-            module.add_param(key, np.array(state[name], copy=True))
-
-    def named_modules(self, prefix=""):
-        """(dotted name, module) for this module ('' at the top) and every descendant."""
-        yield prefix, self
-        for name, child in self.children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+                module.add_param(key, np.array(state[dotted(prefix, key)], copy=True))
 
     def train(self, mode=True):
-        self.training = mode
-        for _, child in self.children():
-            child.train(mode)
+        for _, module in self.named_modules():
+            module.training = mode
         return self
 
     def eval(self):

@@ -44,6 +44,41 @@ def ngram_counts(tokens, max_order=4):
     return Counter(tuple(tokens[i : i + n]) for n in orders for i in range(len(tokens) - n + 1))
 
 
+def corpus_counts(hypotheses, references, max_order, tokenize):
+    """Clipped matches and hypothesis n-grams per order, and the lengths c and r, summed."""
+    matches, totals = [0] * max_order, [0] * max_order
+    hyp_len = ref_len = 0
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        hyp_tokens, ref_tokens = tokenize(hyp.rstrip()), tokenize(ref.rstrip())
+        hyp_len, ref_len = hyp_len + len(hyp_tokens), ref_len + len(ref_tokens)
+        ref_counts = ngram_counts(ref_tokens, max_order)
+        for ngram, count in ngram_counts(hyp_tokens, max_order).items():
+            totals[len(ngram) - 1] += count
+            matches[len(ngram) - 1] += min(count, ref_counts[ngram])
+    return matches, totals, hyp_len, ref_len
+
+
+def brevity_penalty(hyp_len, ref_len):
+    """1 if the hypotheses are as long as the references (c >= r), else exp(1 - r / c)."""
+    if hyp_len >= ref_len:
+        return 1.0
+    return math.exp(1 - ref_len / hyp_len) if hyp_len > 0 else 0.0
+
+
+def smoothed_precisions(matches, totals):
+    """p_n = matches / totals for each order, zero matches smoothed to 1/2, 1/4, ... of one."""
+    precisions, zeros = [], 0
+    for m, t in zip(matches, totals, strict=True):
+        if t == 0:
+            precisions.append(0.0)  # no n-grams of this order at all
+        elif m == 0:
+            zeros += 1  # exponential smoothing: 1/2, then 1/4, ... of a match
+            precisions.append(1 / (2**zeros * t))
+        else:
+            precisions.append(m / t)
+    return precisions
+
+
 @dataclass(frozen=True)
 class BLEUScore:
     """BLEU and its ingredients; precisions are the (smoothed) ones in the geometric mean."""
@@ -82,30 +117,10 @@ def corpus_bleu_stats(
     check_corpus(hypotheses, references)
     if not isinstance(max_order, int) or max_order < 1:
         raise ValueError(f"max_order must be a positive int, got {max_order!r}")
-    matches, totals = [0] * max_order, [0] * max_order
-    hyp_len = ref_len = 0
-    for hyp, ref in zip(hypotheses, references, strict=True):
-        hyp_tokens, ref_tokens = tokenize(hyp.rstrip()), tokenize(ref.rstrip())
-        hyp_len, ref_len = hyp_len + len(hyp_tokens), ref_len + len(ref_tokens)
-        ref_counts = ngram_counts(ref_tokens, max_order)
-        for ngram, count in ngram_counts(hyp_tokens, max_order).items():
-            totals[len(ngram) - 1] += count
-            matches[len(ngram) - 1] += min(count, ref_counts[ngram])
-
-    if hyp_len >= ref_len:
-        bp = 1.0
-    else:
-        bp = math.exp(1 - ref_len / hyp_len) if hyp_len > 0 else 0.0
+    matches, totals, hyp_len, ref_len = corpus_counts(hypotheses, references, max_order, tokenize)
+    bp = brevity_penalty(hyp_len, ref_len)
     orders = sum(t > 0 for t in totals) if effective_order else max_order
-    precisions, zeros = [], 0
-    for m, t in zip(matches[:orders], totals[:orders], strict=True):
-        if t == 0:
-            precisions.append(0.0)  # no n-grams of this order at all
-        elif m == 0:
-            zeros += 1  # exponential smoothing: 1/2, then 1/4, ... of a match
-            precisions.append(1 / (2**zeros * t))
-        else:
-            precisions.append(m / t)
+    precisions = smoothed_precisions(matches[:orders], totals[:orders])
     if sum(matches) == 0 or 0.0 in precisions:
         score = 0.0  # nothing matches, or some order has no n-grams at all
     else:

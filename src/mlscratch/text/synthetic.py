@@ -89,8 +89,8 @@ POS_NAMES = {
 }
 
 
-class Parser:
-    """Recursive descent over the source grammar; phrases come back in target order."""
+class WordReader:
+    """The words of a source sentence, their parts of speech, and errors that say where."""
 
     def __init__(self, sentence):
         if not isinstance(sentence, str):
@@ -115,6 +115,10 @@ class Parser:
             if i < len(self.words):
                 got = f"{self.words[i]!r} ({POS_NAMES[self.pos(i)]})"
             self.fail(f"expected {what} at word {i}, got {got}")
+
+
+class Parser(WordReader):
+    """Recursive descent over the source grammar; phrases come back in target order."""
 
     def noun_phrase(self, i):
         """determiner adjective* noun [prep-phrase] -> (positions, number, next position)."""

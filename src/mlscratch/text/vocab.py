@@ -22,32 +22,66 @@ def check_tokens(tokens, what="tokens"):
             raise TypeError(f"{what} must contain only str, got {type(token).__name__}")
 
 
+def check_itos(itos):
+    """Raise unless itos is a list of distinct str tokens that starts with SPECIALS."""
+    check_tokens(itos, "itos")
+    if tuple(itos[:4]) != SPECIALS:
+        raise ValueError(f"itos must start with {list(SPECIALS)}, got {list(itos[:4])}")
+    duplicates = sorted(token for token, count in Counter(itos).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"itos has duplicate tokens: {duplicates[:5]}")
+
+
+def tokens_by_frequency(token_lists, min_freq=1):
+    """Tokens seen at least min_freq times, specials aside: most frequent first, ties a-z."""
+    if min_freq < 1:
+        raise ValueError(f"min_freq must be at least 1, got {min_freq}")
+    counts = Counter()
+    for tokens in token_lists:
+        check_tokens(tokens, "each token list")
+        counts.update(tokens)
+    kept = [t for t, c in counts.items() if c >= min_freq and t not in SPECIALS]
+    return sorted(kept, key=lambda t: (-counts[t], t))
+
+
+def id_list(ids, size):
+    """ids (a 1-D sequence of ints in [0, size)) as a list of Python ints, or an error."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        shape = f"{ids.dtype} array of shape {ids.shape}"
+        raise TypeError(f"ids must be a 1-D sequence of ints, got a {shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"ids must lie in [0, {size}), got {ids.min()}..{ids.max()}")
+    return ids.tolist()
+
+
+def check_vocab_dict(d):
+    """Raise unless d is a version-1 vocabulary dict, as Vocab.to_dict writes it."""
+    if not isinstance(d, dict):
+        raise TypeError(f"a vocabulary dict must be a dict, got {type(d).__name__}")
+    if d.get("format") != "mlscratch.Vocab" or d.get("version") != 1:
+        raise ValueError(
+            "not a version-1 mlscratch.Vocab dict: format="
+            f"{d.get('format')!r}, version={d.get('version')!r}"
+        )
+    if "itos" not in d:
+        raise ValueError("vocabulary dict has no 'itos' list")
+
+
 class Vocab:
     """A bijection between tokens and ids 0..len-1; ids 0-3 are <pad>, <bos>, <eos>, <unk>."""
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
     def __init__(self, itos):
-        check_tokens(itos, "itos")
-        if tuple(itos[:4]) != SPECIALS:
-            raise ValueError(f"itos must start with {list(SPECIALS)}, got {list(itos[:4])}")
-        duplicates = sorted(token for token, count in Counter(itos).items() if count > 1)
-        if duplicates:
-            raise ValueError(f"itos has duplicate tokens: {duplicates[:5]}")
+        check_itos(itos)
         self.itos = list(itos)  # id -> token
         self.stoi = {token: i for i, token in enumerate(self.itos)}  # token -> id
 
     @classmethod
     def build(cls, token_lists, min_freq=1):
         """The vocabulary of the tokens seen at least min_freq times, most frequent first."""
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be at least 1, got {min_freq}")
-        counts = Counter()
-        for tokens in token_lists:
-            check_tokens(tokens, "each token list")
-            counts.update(tokens)
-        kept = [t for t, c in counts.items() if c >= min_freq and t not in SPECIALS]
-        return cls([*SPECIALS, *sorted(kept, key=lambda t: (-counts[t], t))])
+        return cls([*SPECIALS, *tokens_by_frequency(token_lists, min_freq)])
 
     def __len__(self):
         return len(self.itos)
@@ -69,13 +103,7 @@ class Vocab:
 
     def decode(self, ids, strip_specials=True):
         """Tokens for a sequence of ids; stripping drops <pad>, <bos> and all from <eos> on."""
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-            shape = f"{ids.dtype} array of shape {ids.shape}"
-            raise TypeError(f"ids must be a 1-D sequence of ints, got a {shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise ValueError(f"ids must lie in [0, {len(self)}), got {ids.min()}..{ids.max()}")
-        ids = ids.tolist()
+        ids = id_list(ids, len(self))
         if strip_specials:
             if self.eos_id in ids:
                 ids = ids[: ids.index(self.eos_id)]
@@ -88,15 +116,7 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d):
-        if not isinstance(d, dict):
-            raise TypeError(f"a vocabulary dict must be a dict, got {type(d).__name__}")
-        if d.get("format") != "mlscratch.Vocab" or d.get("version") != 1:
-            raise ValueError(
-                "not a version-1 mlscratch.Vocab dict: format="
-                f"{d.get('format')!r}, version={d.get('version')!r}"
-            )
-        if "itos" not in d:
-            raise ValueError("vocabulary dict has no 'itos' list")
+        check_vocab_dict(d)
         return cls(d["itos"])
 
 
