@@ -1,3 +1,6 @@
+"""Fixtures shared by the tests: the checkout's root, the shared test data, a child environment."""
+
+import os
 from pathlib import Path
 
 import pytest
@@ -5,6 +8,34 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+def shared_data_dir():
+    """$MLSCRATCH_SHARED_DATA, or ../shared/data beside the checkout."""
+    return Path(os.environ.get("MLSCRATCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def find_shared(name):
+    """A file of the shared test data (Tiny Shakespeare, Multi30k, GPT-2's tokenizer files),
+    or skip the test saying where it was looked for."""
+    path = shared_data_dir() / name
+    if not path.exists():
+        pytest.skip(f"{name} not found in {shared_data_dir()}: set MLSCRATCH_SHARED_DATA to "
+                    "the folder holding the shared test data")
+    return path
+
+
+@pytest.fixture(scope="session")
 def repo_root():
+    """The root of this checkout (holding book/, src/, tests/)."""
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """A function: name -> path of a shared data file, skipping the test when it is absent."""
+    return find_shared
+
+
+@pytest.fixture(scope="session")
+def child_env():
+    """The environment for a subprocess that must import this checkout's package."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}

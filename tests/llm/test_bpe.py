@@ -2,9 +2,7 @@
 
 import itertools
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import regex
@@ -24,19 +22,8 @@ from mlscratch.llm.bpe import (
     train_merges_naive,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 # Characters that exercise every alternative of both patterns and their edges.
 TRICKY = "aZs'lLvtdré1 \t\n\r\x0b\x0c\x1c!._-é世🙂\u0301\u00a0"
-
-
-def shared_data(name):
-    """A file from ../shared/data (or $MLSCRATCH_SHARED_DATA), or skip saying where we looked."""
-    folder = Path(os.environ.get("MLSCRATCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    path = folder / name
-    if not path.is_file():
-        pytest.skip(f"{name} not found in {folder}: set MLSCRATCH_SHARED_DATA to the folder "
-                    "holding the shared test data")
-    return path
 
 
 def to_gpt2_chars(token):
@@ -170,7 +157,7 @@ def test_pretokenizer_rejects_bad_patterns():
         PreTokenizer(None)
 
 
-def test_merges_equal_hf_tokenizers_bpe_trainer_on_tiny_shakespeare():
+def test_merges_equal_hf_tokenizers_bpe_trainer_on_tiny_shakespeare(shared_data):
     text = shared_data("tinyshakespeare.txt").read_text(encoding="utf-8")
     table = count_words([text], PreTokenizer("gpt2"))
     merges, _ = train_merges(table, 4096)

@@ -1,11 +1,9 @@
 """BPETokenizer (book/tokens/tokenizer.md): tiktoken's ids, exact round trips, files, bad input."""
 
 import json
-import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tiktoken
@@ -16,7 +14,6 @@ from mlscratch.llm.bpe import BYTE_ID
 from mlscratch.llm.tokenizer import BPETokenizer, read_chunks
 from mlscratch.text.corpus import default_corpus
 
-ROOT = Path(__file__).resolve().parents[2]
 EOT = "<|endoftext|>"
 
 # Pieces of text that stress pre-tokenization and byte-level merging.
@@ -35,15 +32,6 @@ unicode_text = st.lists(
 ).map("".join)
 
 
-def shared_text(name):
-    folder = Path(os.environ.get("MLSCRATCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    path = folder / name
-    if not path.is_file():
-        pytest.skip(f"{name} not found in {folder}: set MLSCRATCH_SHARED_DATA to the folder "
-                    "holding the shared test data")
-    return path.read_text(encoding="utf-8")
-
-
 def mixed_unicode_text():
     """A made-up multilingual corpus: the fragments above in a seeded random order."""
     rng = random.Random(0)
@@ -52,18 +40,18 @@ def mixed_unicode_text():
 
 
 CORPORA = {
-    "default": lambda: default_corpus(),
-    "shakespeare": lambda: shared_text("tinyshakespeare.txt"),
-    "unicode": lambda: mixed_unicode_text(),
+    "default": lambda find: default_corpus(),
+    "shakespeare": lambda find: find("tinyshakespeare.txt").read_text(encoding="utf-8"),
+    "unicode": lambda find: mixed_unicode_text(),
 }
 SIZES = {"default": 1024, "shakespeare": 4096, "unicode": 600}
 _trained = {}
 
 
-def trained(corpus, pattern):
+def trained(corpus, pattern, find=None):
     """A tokenizer trained once per test session, with its corpus and tiktoken twin."""
     if (corpus, pattern) not in _trained:
-        text = CORPORA[corpus]()
+        text = CORPORA[corpus](find)
         specials = [EOT, "<|pad|>"] if corpus == "unicode" else []
         tok = BPETokenizer.train(text, SIZES[corpus], pattern=pattern, special_tokens=specials)
         _trained[corpus, pattern] = tok, text, tok.to_tiktoken()
@@ -74,8 +62,8 @@ ALL = [(c, p) for c in CORPORA for p in ["gpt2", "gpt4"]]
 
 
 @pytest.mark.parametrize(("corpus", "pattern"), ALL)
-def test_encode_equals_tiktoken_on_the_training_corpus(corpus, pattern):
-    tok, text, enc = trained(corpus, pattern)
+def test_encode_equals_tiktoken_on_the_training_corpus(corpus, pattern, shared_data):
+    tok, text, enc = trained(corpus, pattern, shared_data)
     assert tok.vocab_size == SIZES[corpus] == enc.n_vocab
     ids = tok.encode(text, allowed_special="all")
     assert ids == enc.encode(text, allowed_special="all")
@@ -86,8 +74,8 @@ def test_encode_equals_tiktoken_on_the_training_corpus(corpus, pattern):
 @pytest.mark.parametrize(("corpus", "pattern"), ALL)
 @settings(max_examples=100, deadline=None)
 @given(text=unicode_text)
-def test_encode_equals_tiktoken_on_random_unicode(corpus, pattern, text):
-    tok, _, enc = trained(corpus, pattern)
+def test_encode_equals_tiktoken_on_random_unicode(corpus, pattern, text, shared_data):
+    tok, _, enc = trained(corpus, pattern, shared_data)
     assert tok.encode(text, disallowed_special=()) == enc.encode(text, disallowed_special=())
     assert tok.encode_ordinary(text) == enc.encode_ordinary(text)
 
@@ -275,10 +263,10 @@ def test_read_chunks_names_the_offset_of_the_first_bad_byte(tmp_path):
         "".join(read_chunks(path, 16))
 
 
-def test_tiktoken_is_not_imported_by_the_package():
+def test_tiktoken_is_not_imported_by_the_package(child_env):
     code = "import sys, mlscratch.llm.tokenizer; print('tiktoken' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                         check=True, env=child_env)
     assert out.stdout.strip() == "False"
 
 

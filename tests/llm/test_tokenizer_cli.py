@@ -1,16 +1,13 @@
 """`mlscratch tokenizer`: train, encode, decode; every error is one line and a non-zero exit."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mlscratch.llm.tokenizer import BPETokenizer
 from mlscratch.llm.tokenizer_cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = "The quick brown fox jumps over the lazy dog. Größe 🙂\n" * 200
 
 
@@ -73,9 +70,9 @@ def test_errors_are_one_line_and_a_non_zero_exit(trained, tmp_path, capsys):
     _fails(["encode", "--tokenizer", str(out), "--text", "x"], capsys, "invalid JSON")
 
 
-def test_the_dispatcher_runs_the_command_without_a_traceback(trained, tmp_path):
+def test_the_dispatcher_runs_the_command_without_a_traceback(trained, tmp_path, child_env):
     data, out = trained
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = child_env
     run = subprocess.run(
         [sys.executable, "-m", "mlscratch", "tokenizer", "encode", "--tokenizer", str(out),
          "--text", "fox"], capture_output=True, text=True, env=env)
