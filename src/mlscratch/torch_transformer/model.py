@@ -3,8 +3,9 @@
 
 """The encoder-decoder Transformer as an nn.Module built from Part III's own layers.
 
-Part III, chapter "The Transformer in PyTorch". Same TransformerConfig and the same state dict keys and shapes as
-the NumPy model of Part I, so weights move between the two both ways.
+Part III, chapter "The Transformer in PyTorch". Same TransformerConfig and the same state
+dict keys and shapes as the NumPy model of Part I, so weights move between the two both
+ways.
 """
 
 import math
