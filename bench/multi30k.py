@@ -1,4 +1,4 @@
-"""Train the Part II Transformer on Multi30k (English -> German) for a fixed time; BLEU curve.
+"""Train the Part III Transformer on Multi30k (English -> German) for a fixed time; BLEU curve.
 
 Trains on the 29,000 training pairs with a joint byte-level BPE vocabulary, and every
 --eval_every_minutes of training time measures the validation loss and the BLEU of
@@ -22,12 +22,14 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import sacrebleu
 import torch
 from common import peak_memory_mb, save
 
+from mlscratch.checkpoint import load_checkpoint
 from mlscratch.llm.tokenizer import BPETokenizer
 from mlscratch.text.bleu import corpus_bleu
 from mlscratch.text.multi30k import (
@@ -40,9 +42,10 @@ from mlscratch.text.multi30k import (
 from mlscratch.torch_transformer.decoding import translate
 from mlscratch.torch_transformer.model import Transformer, TransformerConfig
 from mlscratch.torch_transformer.training import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEYS,
     TrainConfig,
     Trainer,
-    load_checkpoint,
     model_from_checkpoint,
     train_config_from_dict,
 )
@@ -66,16 +69,23 @@ def parse_args(argv=None):
     p.add_argument("--norm_first", action=argparse.BooleanOptionalAction, default=True,
                    help="pre-norm layout (--no-norm_first: post-norm, as in the paper)")
     p.add_argument("--batch_tokens", type=int, default=2000)
-    p.add_argument("--accum_steps", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--schedule", default="inverse_sqrt", choices=("inverse_sqrt", "noam",
                                                                    "cosine"))
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup_steps", type=int, default=100)
-    p.add_argument("--max_steps", type=int, default=None, help="cosine's last step")
-    p.add_argument("--smoothing", type=float, default=0.1)
-    p.add_argument("--max_norm", type=float, default=1.0)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--warmup_iters", type=int, default=100)
+    p.add_argument("--max_iters", type=int, default=None, help="stop after this many updates")
+    p.add_argument("--lr_decay_iters", type=int, default=None,
+                   help="cosine: where it reaches min_lr (default: max_iters)")
+    p.add_argument("--min_lr", type=float, default=0.0, help="cosine only")
+    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--beta2", type=float, default=0.98)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--eps", type=float, default=1e-9)
+    p.add_argument("--label_smoothing", type=float, default=0.1)
+    p.add_argument("--grad_clip", type=float, default=1.0, help="0: no clipping")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log_every", type=int, default=50)
+    p.add_argument("--log_interval", type=int, default=50)
     p.add_argument("--beam_size", type=int, default=4, help="for the final evaluation")
     p.add_argument("--eval_sentences", type=int, default=0,
                    help="test sentences to translate at each evaluation (0: all)")
@@ -102,7 +112,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, vocab_path = out / "checkpoint.pt", out / "bpe.json"
 
-    ckpt = load_checkpoint(ckpt_path) if args.resume and ckpt_path.exists() else None
+    ckpt = None
+    if args.resume and ckpt_path.exists():
+        try:
+            ckpt = load_checkpoint(ckpt_path, CHECKPOINT_FORMAT, CHECKPOINT_KEYS)
+        except ValueError as err:  # e.g. a run directory of an older format
+            sys.exit(f"error: {err}")
     if ckpt is None and not args.resume:  # a fresh run: its own vocabulary and log
         for stale in (vocab_path, out / "history.jsonl"):
             stale.unlink(missing_ok=True)
@@ -128,11 +143,7 @@ def main(argv=None):
             src_vocab_size=V, tgt_vocab_size=V, d_model=args.d_model, n_heads=args.n_heads,
             d_ff=args.d_ff, n_layers=args.n_layers, dropout=args.dropout, max_len=256,
             pad_id=pad_id, norm_first=args.norm_first), seed=args.seed)
-        config = TrainConfig(
-            batch_tokens=args.batch_tokens, accum_steps=args.accum_steps,
-            schedule=args.schedule, lr=args.lr, warmup_steps=args.warmup_steps,
-            max_steps=args.max_steps, smoothing=args.smoothing, max_norm=args.max_norm,
-            seed=args.seed, log_every=args.log_every)
+        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     trainer = Trainer(model, train_ids, config, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
                       device=args.device, out_dir=out, vocab_path=vocab_path,
                       progress=not args.no_progress)
@@ -151,19 +162,19 @@ def main(argv=None):
         ours, theirs = bleu_scores(hyps, references)
         train = [r["train_loss"] for r in trainer.history if "train_loss" in r]
         row = {"minutes": round(trainer.elapsed / 60, 2), "step": trainer.step,
-               "epoch": trainer.epoch,
+               "epoch": trainer.data.epoch,
                "train_loss": round(train[-1], 4) if train else None,
                "val_loss": round(val_loss, 4), "decoding": "greedy" if beam_size == 1
                else f"beam {beam_size}", "bleu": ours, "sacrebleu": theirs,
                "eval_seconds": round(time.perf_counter() - start, 1)}
-        trainer.log({**row, "eval": True})
+        trainer.history.append({**row, "eval": True})
         trainer.save(ckpt_path)
         print(row, flush=True)
         return row, hyps
 
     total, every = args.minutes * 60, args.eval_every_minutes * 60
-    while trainer.elapsed < total and (config.max_steps is None
-                                       or trainer.step < config.max_steps):
+    while trainer.elapsed < total and (config.max_iters is None
+                                       or trainer.step < config.max_iters):
         next_eval = min(total, (math.floor(trainer.elapsed / every + 1e-9) + 1) * every)
         steps_before = trainer.step
         trainer.train(max_seconds=next_eval - trainer.elapsed)
@@ -186,9 +197,10 @@ def main(argv=None):
         f"{tokenizer.vocab_size} tokens; d_model {c.d_model}, {c.n_heads} heads, d_ff "
         f"{c.d_ff}, {c.n_layers}+{c.n_layers} layers, dropout {c.dropout}, "
         f"{'pre' if c.norm_first else 'post'}-norm, {n_params / 1e6:.2f} M parameters; "
-        f"batches of {config.batch_tokens} tokens x {config.accum_steps}, {config.schedule} "
-        f"schedule, peak lr {config.lr}, warmup {config.warmup_steps}, label smoothing "
-        f"{config.smoothing}. Training time {trainer.elapsed / 60:.1f} min on {args.device} "
+        f"batches of {config.batch_tokens} tokens x {config.gradient_accumulation_steps}, "
+        f"{config.schedule} schedule, learning_rate {config.learning_rate}, warmup_iters "
+        f"{config.warmup_iters}, grad_clip {config.grad_clip}, label_smoothing "
+        f"{config.label_smoothing}. Training time {trainer.elapsed / 60:.1f} min on {args.device} "
         f"({torch.get_num_threads()} threads), about {tps:,.0f} tokens/s (source + target) "
         f"at the end. BLEU on {len(sources)} sentences of test_2016_flickr, detokenized "
         f"output vs raw references: ours (mlscratch.text.bleu) and sacreBLEU "

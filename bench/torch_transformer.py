@@ -1,4 +1,4 @@
-"""Training throughput of the PyTorch Transformer (Part II) beside nn.Transformer and NumPy.
+"""Training throughput of the PyTorch Transformer (Part III) beside nn.Transformer and NumPy.
 
 Standard configuration of bench/numpy_transformer.py: d_model 128, 4 heads, d_ff 512,
 2 encoder + 2 decoder layers, batch 32 of length 32, vocabularies of 1000, dropout 0.1.
@@ -98,7 +98,7 @@ def main():
         data.append((src, tgt[:, :-1], tgt[:, 1:]))
     torch_data = [tuple(torch.from_numpy(a) for a in batch) for batch in data]
     steppers = {
-        "PyTorch, ours (Part II)": (torch_stepper(Transformer(config)), torch_data),
+        "PyTorch, ours (Part III)": (torch_stepper(Transformer(config)), torch_data),
         "PyTorch, nn.Transformer": (torch_stepper(TorchNNTransformer(config)), torch_data),
         "NumPy (Part I)": (numpy_stepper(config), data),
     }
@@ -118,7 +118,7 @@ def main():
     ref = median["PyTorch, nn.Transformer"]
     rows = [{"model": name, "ms/step": round(1000 * t, 1), "target tokens/s": round(B * L / t),
              "vs nn.Transformer": f"{ref / t:.2f}x"} for name, t in median.items()]
-    ours = median["PyTorch, ours (Part II)"]
+    ours = median["PyTorch, ours (Part III)"]
     save("torch_transformer", rows, notes=(
         f"d_model 128, 4 heads, d_ff 512, 2+2 layers, dropout 0.1, batch {B}x{L}; median of "
         f"{args.steps} interleaved steps; torch {torch.__version__} with "

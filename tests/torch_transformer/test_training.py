@@ -1,5 +1,5 @@
-"""Part II training: the loss equals torch's, Adam equals torch.optim.Adam, batches cover the
-data within their budget, accumulation equals one big batch, and resumption is exact."""
+"""Part III training: the loss equals torch's, Adam equals torch.optim.Adam, the schedules
+share lr_schedule's warmup, accumulation equals one big batch, and resumption is exact."""
 
 import json
 import math
@@ -12,21 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from mlscratch.llm.optim import AdamW
+from mlscratch.checkpoint import checkpoint_format, load_checkpoint, save_checkpoint
+from mlscratch.llm.optim import AdamW, lr_schedule
 from mlscratch.numpy_transformer.training import noam_lr
 from mlscratch.torch_transformer import Transformer, TransformerConfig
+from mlscratch.torch_transformer.batching import make_batch, token_batches
 from mlscratch.torch_transformer.training import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEYS,
     TrainConfig,
     Trainer,
-    cosine_lr,
+    accumulate,
     inverse_sqrt_lr,
     label_smoothing_loss,
-    load_checkpoint,
-    make_batch,
     model_from_checkpoint,
     plot_history,
-    save_atomic,
-    token_batches,
     train_config_from_dict,
 )
 
@@ -46,9 +46,15 @@ def small_model(dropout=0.0, dtype=torch.float32, seed=0, **kw):
     return Transformer(config, seed=seed, dtype=dtype)
 
 
-def trainer(model, pairs, progress=False, **kw):
-    config = TrainConfig(**{**dict(batch_tokens=40, warmup_steps=3, lr=3e-3, log_every=2), **kw})
-    return Trainer(model, pairs, config, pad_id=PAD, bos_id=BOS, eos_id=EOS, progress=progress)
+def trainer(model, pairs, out_dir=None, **kw):
+    config = TrainConfig(**{**dict(batch_tokens=40, warmup_iters=3, learning_rate=3e-3,
+                                   log_interval=2), **kw})
+    return Trainer(model, pairs, config, pad_id=PAD, bos_id=BOS, eos_id=EOS, out_dir=out_dir,
+                   progress=False)
+
+
+def load(path):
+    return load_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_KEYS)
 
 
 # ---------------------------------------------------------------- the loss
@@ -107,11 +113,11 @@ def test_adam_equals_torch_adam():
     theirs = [p.detach().clone().requires_grad_() for p in ours]
     opt_ours = AdamW(ours, lr=1e-2, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
-    for step in range(1, 51):
+    for it in range(50):
         grads = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in ours]
         for opt, params in ((opt_ours, ours), (opt_theirs, theirs)):
             for group in opt.param_groups:
-                group["lr"] = inverse_sqrt_lr(step, 1e-2, 10)
+                group["lr"] = inverse_sqrt_lr(it, 1e-2, 10)
             for p, grad in zip(params, grads, strict=True):
                 p.grad = grad.clone()
             opt.step()
@@ -119,76 +125,46 @@ def test_adam_equals_torch_adam():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_schedules():
+def test_schedules_count_iterations_from_0_with_lr_schedules_warmup():
     w = 100
+    # inverse_sqrt warms up exactly as lr_schedule does, peaks at it = w, then decays
+    assert all(inverse_sqrt_lr(it, 1e-3, w) == lr_schedule(it, 1e-3, w, 10 * w, 0.0)
+               for it in range(w + 1))
+    assert inverse_sqrt_lr(0, 1e-3, w) == pytest.approx(1e-3 / (w + 1))
     assert inverse_sqrt_lr(w, 1e-3, w) == pytest.approx(1e-3)
-    assert inverse_sqrt_lr(w // 2, 1e-3, w) == pytest.approx(5e-4)
     assert inverse_sqrt_lr(4 * w, 1e-3, w) == pytest.approx(5e-4)
-    peak = max(inverse_sqrt_lr(s, 1e-3, w) for s in range(1, 1000))
-    assert peak == pytest.approx(1e-3)
-    assert cosine_lr(w, 1e-3, w, 1000) == pytest.approx(1e-3)
-    assert cosine_lr(1000, 1e-3, w, 1000, 1e-5) == pytest.approx(1e-5)
-    assert cosine_lr(5000, 1e-3, w, 1000, 1e-5) == pytest.approx(1e-5)
-    config = TrainConfig(schedule="noam", lr=2.0, warmup_steps=w)
-    assert config.learning_rate(37, 64) == noam_lr(37, 64, w, 2.0)
-    with pytest.raises(ValueError, match="counts from 1"):
-        inverse_sqrt_lr(0, 1e-3, w)
+    assert max(inverse_sqrt_lr(it, 1e-3, w) for it in range(1000)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="it >= 0"):
+        inverse_sqrt_lr(-1, 1e-3, w)
+    # the configuration's three schedules: noam counts updates from 1, the others use it
+    noam = TrainConfig(schedule="noam", learning_rate=2.0, warmup_iters=w)
+    assert noam.lr_at(36, 64) == noam_lr(37, 64, w, 2.0)
+    inv = TrainConfig(learning_rate=1e-3, warmup_iters=w)
+    assert [inv.lr_at(it, 64) for it in range(300)] == [
+        inverse_sqrt_lr(it, 1e-3, w) for it in range(300)]
+    cos = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_iters=w, max_iters=1000,
+                      min_lr=1e-5)
+    assert [cos.lr_at(it, 64) for it in range(1100)] == [
+        lr_schedule(it, 1e-3, w, 1000, 1e-5) for it in range(1100)]
+    early = TrainConfig(schedule="cosine", warmup_iters=w, max_iters=1000, lr_decay_iters=500)
+    assert early.lr_at(500, 64) == early.min_lr == 0.0 and early.decay_iters == 500
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(schedule="linear"), "schedule"), (dict(schedule="cosine"), "needs max_steps"),
-    (dict(batch_tokens=0), "batch_tokens"), (dict(accum_steps=1.5), "accum_steps"),
-    (dict(lr=0), "lr"), (dict(smoothing=1), "smoothing"), (dict(max_norm=-1), "max_norm"),
-    (dict(max_steps=0), "max_steps"),
+    (dict(schedule="linear"), "schedule"),
+    (dict(schedule="cosine"), "needs max_iters or lr_decay_iters"),
+    (dict(schedule="cosine", warmup_iters=10, max_iters=10), r"warmup_iters \(10\) must be"),
+    (dict(schedule="cosine", max_iters=2000, min_lr=1.0), "min_lr"),
+    (dict(batch_tokens=0), "batch_tokens"),
+    (dict(gradient_accumulation_steps=1.5), "gradient_accumulation_steps"),
+    (dict(learning_rate=0), "learning_rate"), (dict(label_smoothing=1), "label_smoothing"),
+    (dict(grad_clip=-1), "grad_clip"), (dict(max_iters=0), "max_iters"),
+    (dict(lr_decay_iters=0), "lr_decay_iters"), (dict(beta2=1.0), "beta2"),
+    (dict(log_interval=0), "log_interval"),
 ])
 def test_train_config_refuses_impossible_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
-
-
-# ---------------------------------------------------------------- batches
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, 60), st.integers(12, 80), st.integers(0, 10**6))
-def test_token_batches_cover_every_pair_once_within_budget(n, budget, seed):
-    pairs = random_pairs(n, seed)
-    batches = token_batches(pairs, budget, PAD, BOS, EOS, seed=(seed, 1))
-    seen = []
-    for b in batches:
-        B, S = b.src.shape
-        T = b.tgt_in.shape[1]
-        assert B * max(S, T) <= budget
-        assert b.tgt_out.shape == b.tgt_in.shape
-        assert torch.equal(b.tgt_in[:, 0], torch.full((B,), BOS))
-        assert b.n_tgt == int((b.tgt_out != PAD).sum()) and b.n_src == int((b.src != PAD).sum())
-        for i in range(B):
-            src = [t for t in b.src[i].tolist() if t != PAD]
-            out = [t for t in b.tgt_out[i].tolist() if t != PAD]
-            assert out[-1] == EOS and b.tgt_in[i, 1 : len(out)].tolist() == out[:-1]
-            seen.append((src, out[:-1]))
-    assert sorted(seen) == sorted(pairs)
-
-
-def test_token_batches_order_depends_on_the_seed_only():
-    pairs = random_pairs(200)
-    first = token_batches(pairs, 64, PAD, BOS, EOS, seed=(0, 0))
-    again = token_batches(pairs, 64, PAD, BOS, EOS, seed=(0, 0))
-    other = token_batches(pairs, 64, PAD, BOS, EOS, seed=(0, 1))
-    assert all(torch.equal(a.src, b.src) for a, b in zip(first, again, strict=True))
-    assert [b.src.shape for b in first] != [b.src.shape for b in other]
-    unshuffled = token_batches(pairs, 64, PAD, BOS, EOS)
-    widths = [max(b.src.shape[1], b.tgt_in.shape[1]) for b in unshuffled]
-    assert widths == sorted(widths)
-
-
-def test_token_batches_refuse_bad_input():
-    with pytest.raises(ValueError, match="no pairs"):
-        token_batches([], 10, PAD, BOS, EOS)
-    with pytest.raises(ValueError, match="pair 1 has an empty source"):
-        token_batches([([3], [4]), ([], [4])], 10, PAD, BOS, EOS)
-    with pytest.raises(ValueError, match="pair 0 alone needs 6 tokens"):
-        token_batches([([3], [4] * 5)], 5, PAD, BOS, EOS)
 
 
 # ---------------------------------------------------------------- accumulation
@@ -210,8 +186,7 @@ def test_accumulating_micro_batches_equals_one_big_batch(norm_first):
     results = []
     for batches in (micro, [big]):
         model = small_model(dtype=torch.float64, norm_first=norm_first)
-        t = trainer(model, pairs, batch_tokens=10**4, smoothing=0.1)
-        loss = t.accumulate(batches)
+        loss = accumulate(model, batches, 0.1, PAD)
         results.append((loss / sum(b.n_tgt for b in batches), grads_of(model)))
     (loss_k, grads_k), (loss_1, grads_1) = results
     assert abs(loss_k.item() - loss_1.item()) <= 1e-6 * abs(loss_1.item())
@@ -223,10 +198,11 @@ def test_accumulating_micro_batches_equals_one_big_batch(norm_first):
 
 def test_accumulation_steps_consume_micro_batches():
     pairs = random_pairs(30, seed=4)
-    a, b = trainer(small_model(), pairs), trainer(small_model(), pairs, accum_steps=3)
-    a.train(max_steps=3)
-    b.train(max_steps=1)
-    assert (a.epoch, a.position) == (b.epoch, b.position)
+    a = trainer(small_model(), pairs)
+    b = trainer(small_model(), pairs, gradient_accumulation_steps=3)
+    a.train(max_iters=3)
+    b.train(max_iters=1)
+    assert a.data.state_dict() == b.data.state_dict() and a.data.position > 0
 
 
 # ---------------------------------------------------------------- training, checkpoints
@@ -235,10 +211,10 @@ def test_accumulation_steps_consume_micro_batches():
 def test_training_reduces_the_loss_and_logs(tmp_path):
     pairs = [(s, s[::-1]) for s, _ in random_pairs(64, seed=5, vocab=10, max_len=6)]
     model = small_model(d_model=32, n_heads=4, d_ff=64, n_layers=2)
-    t = trainer(model, pairs, batch_tokens=200, lr=1e-2, warmup_steps=10, log_every=10)
-    t.out_dir = tmp_path
+    t = trainer(model, pairs, tmp_path, batch_tokens=200, learning_rate=1e-2, warmup_iters=10,
+                log_interval=10)
     before = t.evaluate(pairs)
-    t.train(max_steps=80)
+    t.train(max_iters=80)
     after = t.evaluate(pairs)
     assert after < 0.6 * before
     lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
@@ -263,28 +239,28 @@ def test_evaluate_is_the_mean_token_cross_entropy():
     assert t.evaluate(pairs) == pytest.approx(expected.item(), rel=1e-5)
 
 
-def run(steps_before_save, total, tmp_path, accum_steps=2):
+def run(steps_before_save, total, tmp_path, accumulation=2):
     """Train `total` updates, saving and restoring into fresh objects after the first ones."""
     pairs = random_pairs(40, seed=7)
-    kw = dict(batch_tokens=48, accum_steps=accum_steps, log_every=1)
+    kw = dict(batch_tokens=48, gradient_accumulation_steps=accumulation, log_interval=1)
     t = trainer(small_model(dropout=0.2), pairs, **kw)
     if steps_before_save is not None:
-        t.train(max_steps=steps_before_save)
+        t.train(max_iters=steps_before_save)
         t.save(tmp_path / "ckpt.pt")
-        ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+        ckpt = load(tmp_path / "ckpt.pt")
         torch.manual_seed(1234)  # disturb the global generator: restore must undo it
         t = trainer(small_model(dropout=0.2, seed=99), pairs,
                     **train_config_from_dict(ckpt["train_config"]).__dict__)
         t.restore(ckpt)
-    t.train(max_steps=total)
+    t.train(max_iters=total)
     return t
 
 
 def test_resuming_from_a_checkpoint_is_identical_to_an_uninterrupted_run(tmp_path):
     straight = run(None, 12, tmp_path)  # 24 micro-batches: several epochs of 40 pairs
     resumed = run(5, 12, tmp_path)
-    assert straight.epoch >= 2 and (straight.epoch, straight.position) == (resumed.epoch,
-                                                                           resumed.position)
+    assert straight.data.epoch >= 2
+    assert straight.data.state_dict() == resumed.data.state_dict()
     for (name, a), b in zip(straight.model.state_dict().items(),
                             resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -296,10 +272,11 @@ def test_checkpoint_round_trip(tmp_path):
     pairs = random_pairs(20)
     t = trainer(small_model(), pairs)
     t.vocab_path = "vocab.json"
-    t.train(max_steps=3)
+    t.train(max_iters=3)
     t.save(tmp_path / "c.pt")
-    assert not (tmp_path / "c.pt.tmp").exists()
-    ckpt = load_checkpoint(tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left
+    ckpt = load(tmp_path / "c.pt")
+    assert ckpt["format"] == "mlscratch-translation-checkpoint-v2"
     assert ckpt["step"] == 3 and ckpt["vocab_path"] == "vocab.json"
     assert ckpt["config"] == asdict(t.model.config)
     assert train_config_from_dict(ckpt["train_config"]) == t.config
@@ -309,25 +286,42 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_corrupt_or_foreign_checkpoints_raise_clear_errors(tmp_path):
+def test_corrupt_or_foreign_checkpoints_raise_one_line_errors(tmp_path):
     t = trainer(small_model(), random_pairs(10))
     t.save(tmp_path / "good.pt")
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    for name in ("truncated.pt", "garbage.pt"):
-        with pytest.raises(ValueError, match=f"{name} is not a readable checkpoint"):
-            load_checkpoint(tmp_path / name)
-    save_atomic({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a translation checkpoint"):
-        load_checkpoint(tmp_path / "other.pt")
-    ckpt = load_checkpoint(tmp_path / "good.pt")
+    save_checkpoint({"weights": torch.zeros(2)}, tmp_path / "other.pt",
+                    checkpoint_format("gpt", 1))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "untagged.pt")
+    ckpt = load(tmp_path / "good.pt")
     del ckpt["optimizer"]
     torch.save(ckpt, tmp_path / "partial.pt")
-    with pytest.raises(ValueError, match=r"lacks the fields \['optimizer'\]"):
-        load_checkpoint(tmp_path / "partial.pt")
+    for name, message in [("truncated.pt", "truncated.pt is not a readable checkpoint"),
+                          ("garbage.pt", "garbage.pt is not a readable checkpoint"),
+                          ("other.pt", "is a mlscratch-gpt-checkpoint-v1 file"),
+                          ("untagged.pt", "is not an mlscratch checkpoint"),
+                          ("partial.pt", "it lacks ['optimizer']")]:
+        with pytest.raises(ValueError) as err:
+            load(tmp_path / name)
+        assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pt")
+        load(tmp_path / "missing.pt")
+
+
+def test_a_version_1_checkpoint_fails_with_one_line_naming_both_formats(tmp_path):
+    t = trainer(small_model(), random_pairs(10))
+    t.train(max_iters=2)
+    old = {**t.state_dict(), "format": "mlscratch-translation-checkpoint-v1"}
+    old["train_config"] = {"lr": 1e-3, "warmup_steps": 3, "max_norm": None, "log_every": 2}
+    torch.save(old, tmp_path / "v1.pt")  # the layout of version 1: other setting names
+    with pytest.raises(ValueError) as err:
+        load(tmp_path / "v1.pt")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "mlscratch-translation-checkpoint-v1" in message
+    assert "mlscratch-translation-checkpoint-v2" in message
 
 
 class Payload:
@@ -336,16 +330,15 @@ class Payload:
 
 
 def test_loading_uses_weights_only(tmp_path):
-    torch.save({"format": "mlscratch-translation-checkpoint-v1", "x": Payload()},
-               tmp_path / "evil.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "x": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        load_checkpoint(tmp_path / "evil.pt")
+        load(tmp_path / "evil.pt")
 
 
 def test_mismatched_weights_are_named(tmp_path):
     t = trainer(small_model(), random_pairs(10))
     t.save(tmp_path / "c.pt")
-    ckpt = load_checkpoint(tmp_path / "c.pt")
+    ckpt = load(tmp_path / "c.pt")
     ckpt["model"]["decoder.layers.0.ff.w_1.weight"] = torch.zeros(3, 3)
     with pytest.raises(ValueError, match=r"decoder\.layers\.0\.ff\.w_1\.weight: expected shape"):
         trainer(small_model(), random_pairs(10)).restore(ckpt)
@@ -355,20 +348,19 @@ def test_mismatched_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"missing \['src_embed\.weight'\]"):
         model_from_checkpoint(ckpt)
     with pytest.raises(ValueError, match=r"differs in \['d_ff'\]"):
-        trainer(small_model(d_ff=8), random_pairs(10)).restore(load_checkpoint(
-            tmp_path / "c.pt"))
+        trainer(small_model(d_ff=8), random_pairs(10)).restore(load(tmp_path / "c.pt"))
 
 
 def test_trainer_refuses_bad_arguments():
     model, pairs = small_model(), random_pairs(5)
     with pytest.raises(TypeError, match="TrainConfig"):
-        Trainer(model, pairs, {"lr": 1}, pad_id=PAD, bos_id=BOS, eos_id=EOS)
+        Trainer(model, pairs, {"learning_rate": 1}, pad_id=PAD, bos_id=BOS, eos_id=EOS)
     with pytest.raises(ValueError, match="pad_id 3 differs"):
         Trainer(model, pairs, TrainConfig(), pad_id=3, bos_id=BOS, eos_id=EOS)
     with pytest.raises(ValueError, match="eos_id 20 is outside"):
         Trainer(model, pairs, TrainConfig(), pad_id=PAD, bos_id=BOS, eos_id=20)
     t = trainer(model, [([25], [3])])  # an id outside the model's vocabulary
     with pytest.raises(ValueError, match=r"src ids must lie in \[0, 20\)"):
-        t.train(max_steps=1)
+        t.train(max_iters=1)
     with pytest.raises(ValueError, match="no micro-batches"):
-        trainer(model, pairs).accumulate([])
+        accumulate(model, [], 0.0, PAD)

@@ -3,8 +3,8 @@
 
 """Multi30k (English-German) from its raw files, and a joint BPE vocabulary for it.
 
-Part II, chapter 3. The package never ships the text: load_multi30k reads a directory
-of {split}.{en,de} files (plain or .gz); multi30k_dir finds the usual one.
+Part III, chapter "Multi30k". The package never ships the text: load_multi30k reads a
+directory of {split}.{en,de} files (plain or .gz); multi30k_dir finds the usual one.
 """
 
 import gzip

@@ -2,15 +2,15 @@
 # Edit the chapter and re-tangle; `make check` compares the two.
 
 """Greedy decoding and batched beam search for the PyTorch Transformer, with the
-decoder's keys and values cached across steps. Part II, chapter 5.
+decoder's keys and values cached across steps. Part III, chapter "Fast decoding".
 """
 
 import torch
 
 from mlscratch.numpy_transformer.decoding import length_penalty
 from mlscratch.text.multi30k import decode_ids
+from mlscratch.torch_transformer.batching import pad
 from mlscratch.torch_transformer.layers import attention
-from mlscratch.torch_transformer.training import pad
 
 
 def decode_limit(model, src, max_len=None, extra=50):

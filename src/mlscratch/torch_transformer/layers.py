@@ -3,8 +3,8 @@
 
 """Transformer layers from basic tensor operations; autograd does the backward passes.
 
-Part II, chapter 1. Parameter names and shapes equal Part I's NumPy layers, so a state
-dict moves between the two models unchanged.
+Part III, chapter "Autograd and the layers again". Parameter names and shapes equal Part I's
+NumPy layers, so a state dict moves between the two models unchanged.
 """
 
 import math
