@@ -66,17 +66,24 @@ def parse_args(argv=None):
     p.add_argument("--d_ff", type=int, default=512)
     p.add_argument("--n_layers", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--norm_first", action=argparse.BooleanOptionalAction, default=True,
-                   help="pre-norm layout (--no-norm_first: post-norm, as in the paper)")
+    p.add_argument(
+        "--norm_first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pre-norm layout (--no-norm_first: post-norm, as in the paper)",
+    )
     p.add_argument("--batch_tokens", type=int, default=2000)
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--schedule", default="inverse_sqrt", choices=("inverse_sqrt", "noam",
-                                                                   "cosine"))
+    p.add_argument("--schedule", default="inverse_sqrt", choices=("inverse_sqrt", "noam", "cosine"))
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--warmup_iters", type=int, default=100)
     p.add_argument("--max_iters", type=int, default=None, help="stop after this many updates")
-    p.add_argument("--lr_decay_iters", type=int, default=None,
-                   help="cosine: where it reaches min_lr (default: max_iters)")
+    p.add_argument(
+        "--lr_decay_iters",
+        type=int,
+        default=None,
+        help="cosine: where it reaches min_lr (default: max_iters)",
+    )
     p.add_argument("--min_lr", type=float, default=0.0, help="cosine only")
     p.add_argument("--beta1", type=float, default=0.9)
     p.add_argument("--beta2", type=float, default=0.98)
@@ -87,8 +94,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_interval", type=int, default=50)
     p.add_argument("--beam_size", type=int, default=4, help="for the final evaluation")
-    p.add_argument("--eval_sentences", type=int, default=0,
-                   help="test sentences to translate at each evaluation (0: all)")
+    p.add_argument(
+        "--eval_sentences",
+        type=int,
+        default=0,
+        help="test sentences to translate at each evaluation (0: all)",
+    )
     p.add_argument("--eval_batch", type=int, default=100, help="sentences per decoding batch")
     p.add_argument("--no_progress", action="store_true")
     return p.parse_args(argv)
@@ -139,56 +150,106 @@ def main(argv=None):
         config = train_config_from_dict(ckpt["train_config"])
     else:
         V = tokenizer.vocab_size
-        model = Transformer(TransformerConfig(
-            src_vocab_size=V, tgt_vocab_size=V, d_model=args.d_model, n_heads=args.n_heads,
-            d_ff=args.d_ff, n_layers=args.n_layers, dropout=args.dropout, max_len=256,
-            pad_id=pad_id, norm_first=args.norm_first), seed=args.seed)
+        model = Transformer(
+            TransformerConfig(
+                src_vocab_size=V,
+                tgt_vocab_size=V,
+                d_model=args.d_model,
+                n_heads=args.n_heads,
+                d_ff=args.d_ff,
+                n_layers=args.n_layers,
+                dropout=args.dropout,
+                max_len=256,
+                pad_id=pad_id,
+                norm_first=args.norm_first,
+            ),
+            seed=args.seed,
+        )
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    trainer = Trainer(model, train_ids, config, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
-                      device=args.device, out_dir=out, vocab_path=vocab_path,
-                      progress=not args.no_progress)
+    trainer = Trainer(
+        model,
+        train_ids,
+        config,
+        pad_id=pad_id,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        device=args.device,
+        out_dir=out,
+        vocab_path=vocab_path,
+        progress=not args.no_progress,
+    )
     if ckpt is not None:
         trainer.restore(ckpt)
         print(f"resumed at update {trainer.step}, {trainer.elapsed / 60:.1f} min of training")
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.2f} M parameters, {len(train_ids)} training pairs, "
-          f"device {args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"{n_params / 1e6:.2f} M parameters, {len(train_ids)} training pairs, "
+        f"device {args.device}, {torch.get_num_threads()} threads"
+    )
 
     def evaluate(beam_size=1):
         start = time.perf_counter()
         val_loss = trainer.evaluate(val_ids)
-        hyps = translate(trainer.model, tokenizer, sources, bos_id, eos_id,
-                         beam_size=beam_size, batch_size=args.eval_batch)
+        hyps = translate(
+            trainer.model,
+            tokenizer,
+            sources,
+            bos_id,
+            eos_id,
+            beam_size=beam_size,
+            batch_size=args.eval_batch,
+        )
         ours, theirs = bleu_scores(hyps, references)
         train = [r["train_loss"] for r in trainer.history if "train_loss" in r]
-        row = {"minutes": round(trainer.elapsed / 60, 2), "step": trainer.step,
-               "epoch": trainer.data.epoch,
-               "train_loss": round(train[-1], 4) if train else None,
-               "val_loss": round(val_loss, 4), "decoding": "greedy" if beam_size == 1
-               else f"beam {beam_size}", "bleu": ours, "sacrebleu": theirs,
-               "eval_seconds": round(time.perf_counter() - start, 1)}
+        row = {
+            "minutes": round(trainer.elapsed / 60, 2),
+            "step": trainer.step,
+            "epoch": trainer.data.epoch,
+            "train_loss": round(train[-1], 4) if train else None,
+            "val_loss": round(val_loss, 4),
+            "decoding": "greedy" if beam_size == 1 else f"beam {beam_size}",
+            "bleu": ours,
+            "sacrebleu": theirs,
+            "eval_seconds": round(time.perf_counter() - start, 1),
+        }
         trainer.history.append({**row, "eval": True})
         trainer.save(ckpt_path)
         print(row, flush=True)
         return row, hyps
 
     total, every = args.minutes * 60, args.eval_every_minutes * 60
-    while trainer.elapsed < total and (config.max_iters is None
-                                       or trainer.step < config.max_iters):
+    while trainer.elapsed < total and (config.max_iters is None or trainer.step < config.max_iters):
         next_eval = min(total, (math.floor(trainer.elapsed / every + 1e-9) + 1) * every)
         steps_before = trainer.step
         trainer.train(max_seconds=next_eval - trainer.elapsed)
         if trainer.step > steps_before:
             evaluate()
-    if not any(r.get("eval") and r["step"] == trainer.step and r["decoding"] == "greedy"
-               for r in trainer.history):
+    if not any(
+        r.get("eval") and r["step"] == trainer.step and r["decoding"] == "greedy"
+        for r in trainer.history
+    ):
         evaluate()  # e.g. resumed after the last training step
     final, hyps = evaluate(args.beam_size)
     (out / "test_translations.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
 
-    rows = [{k: r[k] for k in ("minutes", "step", "epoch", "train_loss", "val_loss",
-                               "decoding", "bleu", "sacrebleu", "eval_seconds")}
-            for r in trainer.history if r.get("eval")]
+    rows = [
+        {
+            k: r[k]
+            for k in (
+                "minutes",
+                "step",
+                "epoch",
+                "train_loss",
+                "val_loss",
+                "decoding",
+                "bleu",
+                "sacrebleu",
+                "eval_seconds",
+            )
+        }
+        for r in trainer.history
+        if r.get("eval")
+    ]
     logs = [r for r in trainer.history if "tokens_per_s" in r]
     tps = sum(r["tokens_per_s"] for r in logs[-20:]) / max(1, len(logs[-20:]))
     c = model.config
@@ -206,7 +267,8 @@ def main(argv=None):
         f"output vs raw references: ours (mlscratch.text.bleu) and sacreBLEU "
         f"{sacrebleu.__version__} side by side; greedy at each evaluation, beam "
         f"{args.beam_size} (alpha 0.6) at the end: {final['bleu']} / {final['sacrebleu']}. "
-        f"Peak memory {peak_memory_mb():.0f} MiB.")
+        f"Peak memory {peak_memory_mb():.0f} MiB."
+    )
     save("multi30k", rows, notes=notes)
     return 0
 

@@ -18,8 +18,16 @@ from common import peak_memory_mb, save
 from mlscratch.numpy_transformer.model import Transformer, TransformerConfig
 from mlscratch.numpy_transformer.training import Adam, Batch, LabelSmoothingLoss, train_step
 
-CONFIG = dict(src_vocab_size=1000, tgt_vocab_size=1000, d_model=128, n_heads=4, d_ff=512,
-              n_layers=2, dropout=0.1, max_len=64)
+CONFIG = dict(
+    src_vocab_size=1000,
+    tgt_vocab_size=1000,
+    d_model=128,
+    n_heads=4,
+    d_ff=512,
+    n_layers=2,
+    dropout=0.1,
+    max_len=64,
+)
 B, L = 32, 32
 
 
@@ -71,14 +79,25 @@ def main():
     peak = matmul_peak()
     rows = []
     t = time_numpy(args.steps, rng)
-    rows.append({"model": "NumPy (Part I)", "ms/step": round(1000 * t, 1),
-                 "target tokens/s": round(B * L / t), "GFLOP/s": round(flops / t / 1e9, 1),
-                 "of fp32 peak": f"{flops / t / peak:.0%}"})
-    save("numpy_transformer", rows, notes=(
-        f"d_model 128, 4 heads, d_ff 512, 2+2 layers, batch {B}x{L}; "
-        f"{flops / 1e9:.2f} GFLOP per step; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
-        f"(1024x1024, same run); peak memory {peak_memory_mb():.0f} MiB. "
-        "The PyTorch model of Part II is not built yet."))
+    rows.append(
+        {
+            "model": "NumPy (Part I)",
+            "ms/step": round(1000 * t, 1),
+            "target tokens/s": round(B * L / t),
+            "GFLOP/s": round(flops / t / 1e9, 1),
+            "of fp32 peak": f"{flops / t / peak:.0%}",
+        }
+    )
+    save(
+        "numpy_transformer",
+        rows,
+        notes=(
+            f"d_model 128, 4 heads, d_ff 512, 2+2 layers, batch {B}x{L}; "
+            f"{flops / 1e9:.2f} GFLOP per step; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
+            f"(1024x1024, same run); peak memory {peak_memory_mb():.0f} MiB. "
+            "The PyTorch model of Part II is not built yet."
+        ),
+    )
 
 
 if __name__ == "__main__":

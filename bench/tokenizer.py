@@ -28,8 +28,9 @@ n_bytes = len(text.encode("utf-8"))
 def hf_train():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([text], trainer)
     return tok
 
@@ -79,24 +80,48 @@ def r(x):
 
 
 rows = [
-    {"task": "train, vocab 4096 (GPT-2 pattern)", "ours (s)": r(ours_train_s),
-     "reference": "HF tokenizers BpeTrainer", "reference (s)": r(hf_train_s),
-     "ours / reference": r(ours_train_s / hf_train_s)},
-    {"task": "train, vocab 4096 (GPT-4 pattern)", "ours (s)": r(ours_gpt4_s),
-     "reference": "HF tokenizers (GPT-2 pattern)", "reference (s)": r(hf_train_s),
-     "ours / reference": r(ours_gpt4_s / hf_train_s)},
-    {"task": "train, minbpe-style baseline (extrapolated)", "ours (s)": r(naive_s),
-     "reference": "HF tokenizers BpeTrainer", "reference (s)": r(hf_train_s),
-     "ours / reference": r(naive_s / hf_train_s)},
-    {"task": "encode whole file, cold cache", "ours (s)": r(ours_cold_s),
-     "reference": "HF tokenizers encode", "reference (s)": r(hf_encode_s),
-     "ours / reference": r(ours_cold_s / hf_encode_s)},
-    {"task": "encode whole file, cold cache", "ours (s)": r(ours_cold_s),
-     "reference": "tiktoken, same ranks", "reference (s)": r(tiktoken_s),
-     "ours / reference": r(ours_cold_s / tiktoken_s)},
-    {"task": "encode whole file, warm cache", "ours (s)": r(ours_warm_s),
-     "reference": "tiktoken, same ranks", "reference (s)": r(tiktoken_s),
-     "ours / reference": r(ours_warm_s / tiktoken_s)},
+    {
+        "task": "train, vocab 4096 (GPT-2 pattern)",
+        "ours (s)": r(ours_train_s),
+        "reference": "HF tokenizers BpeTrainer",
+        "reference (s)": r(hf_train_s),
+        "ours / reference": r(ours_train_s / hf_train_s),
+    },
+    {
+        "task": "train, vocab 4096 (GPT-4 pattern)",
+        "ours (s)": r(ours_gpt4_s),
+        "reference": "HF tokenizers (GPT-2 pattern)",
+        "reference (s)": r(hf_train_s),
+        "ours / reference": r(ours_gpt4_s / hf_train_s),
+    },
+    {
+        "task": "train, minbpe-style baseline (extrapolated)",
+        "ours (s)": r(naive_s),
+        "reference": "HF tokenizers BpeTrainer",
+        "reference (s)": r(hf_train_s),
+        "ours / reference": r(naive_s / hf_train_s),
+    },
+    {
+        "task": "encode whole file, cold cache",
+        "ours (s)": r(ours_cold_s),
+        "reference": "HF tokenizers encode",
+        "reference (s)": r(hf_encode_s),
+        "ours / reference": r(ours_cold_s / hf_encode_s),
+    },
+    {
+        "task": "encode whole file, cold cache",
+        "ours (s)": r(ours_cold_s),
+        "reference": "tiktoken, same ranks",
+        "reference (s)": r(tiktoken_s),
+        "ours / reference": r(ours_cold_s / tiktoken_s),
+    },
+    {
+        "task": "encode whole file, warm cache",
+        "ours (s)": r(ours_warm_s),
+        "reference": "tiktoken, same ranks",
+        "reference (s)": r(tiktoken_s),
+        "ours / reference": r(ours_warm_s / tiktoken_s),
+    },
 ]
 notes = (
     f"Tiny Shakespeare ({n_bytes:,} bytes), vocabulary {VOCAB}; medians of best_time runs, "

@@ -26,8 +26,16 @@ from mlscratch.numpy_transformer.training import Adam, Batch, LabelSmoothingLoss
 from mlscratch.torch_transformer import Transformer, TransformerConfig
 from mlscratch.torch_transformer.layers import sinusoidal_positions
 
-CONFIG = dict(src_vocab_size=1000, tgt_vocab_size=1000, d_model=128, n_heads=4, d_ff=512,
-              n_layers=2, dropout=0.1, max_len=64)
+CONFIG = dict(
+    src_vocab_size=1000,
+    tgt_vocab_size=1000,
+    d_model=128,
+    n_heads=4,
+    d_ff=512,
+    n_layers=2,
+    dropout=0.1,
+    max_len=64,
+)
 B, L = 32, 32
 
 
@@ -42,8 +50,15 @@ class TorchNNTransformer(nn.Module):
         self.register_buffer("pe", sinusoidal_positions(c.max_len, c.d_model))
         self.drop = nn.Dropout(c.dropout)
         self.transformer = nn.Transformer(
-            c.d_model, c.n_heads, c.n_layers, c.n_layers, c.d_ff, c.dropout,
-            batch_first=True, norm_first=c.norm_first)
+            c.d_model,
+            c.n_heads,
+            c.n_layers,
+            c.n_layers,
+            c.d_ff,
+            c.dropout,
+            batch_first=True,
+            norm_first=c.norm_first,
+        )
         if not c.norm_first:  # post-norm: no final LayerNorms, as in our model
             self.transformer.encoder.norm = self.transformer.decoder.norm = None
 
@@ -55,9 +70,13 @@ class TorchNNTransformer(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         pad = self.c.pad_id
         h = self.transformer(
-            self.embed(self.src_embed, src), self.embed(self.tgt_embed, tgt),
-            tgt_mask=~causal, src_key_padding_mask=src == pad,
-            tgt_key_padding_mask=tgt == pad, memory_key_padding_mask=src == pad)
+            self.embed(self.src_embed, src),
+            self.embed(self.tgt_embed, tgt),
+            tgt_mask=~causal,
+            src_key_padding_mask=src == pad,
+            tgt_key_padding_mask=tgt == pad,
+            memory_key_padding_mask=src == pad,
+        )
         return h @ self.tgt_embed.weight.T
 
 
@@ -67,12 +86,17 @@ def torch_stepper(model):
     def step(batch):
         src, tgt_in, tgt_out = batch
         logits = model(src, tgt_in)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1),
-                               ignore_index=0, label_smoothing=0.1)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            tgt_out.reshape(-1),
+            ignore_index=0,
+            label_smoothing=0.1,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+
     return step
 
 
@@ -109,22 +133,35 @@ def main():
     for i in range(args.steps):
         # rotate the order: BLAS threads may keep spinning for a while after a step, so
         # the model that runs right after another one's step pays for it; each takes turns
-        for name in names[i % 3:] + names[:i % 3]:
+        for name in names[i % 3 :] + names[: i % 3]:
             step, batches = steppers[name]
             start = time.perf_counter()
             step(batches[i % 4])
             times[name].append(time.perf_counter() - start)
     median = {name: float(np.median(t)) for name, t in times.items()}
     ref = median["PyTorch, nn.Transformer"]
-    rows = [{"model": name, "ms/step": round(1000 * t, 1), "target tokens/s": round(B * L / t),
-             "vs nn.Transformer": f"{ref / t:.2f}x"} for name, t in median.items()]
+    rows = [
+        {
+            "model": name,
+            "ms/step": round(1000 * t, 1),
+            "target tokens/s": round(B * L / t),
+            "vs nn.Transformer": f"{ref / t:.2f}x",
+        }
+        for name, t in median.items()
+    ]
     ours = median["PyTorch, ours (Part III)"]
-    save("torch_transformer", rows, notes=(
-        f"d_model 128, 4 heads, d_ff 512, 2+2 layers, dropout 0.1, batch {B}x{L}; median of "
-        f"{args.steps} interleaved steps; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads. Ours / nn.Transformer throughput: "
-        f"{ref / ours:.2f}x (target 0.8x); NumPy / ours: {ours / median['NumPy (Part I)']:.2f}x "
-        f"(Part I's target 0.7x). Peak memory {peak_memory_mb():.0f} MiB."))
+    save(
+        "torch_transformer",
+        rows,
+        notes=(
+            f"d_model 128, 4 heads, d_ff 512, 2+2 layers, dropout 0.1, batch {B}x{L}; median of "
+            f"{args.steps} interleaved steps; torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads. Ours / nn.Transformer throughput: "
+            f"{ref / ours:.2f}x (target 0.8x); "
+            f"NumPy / ours: {ours / median['NumPy (Part I)']:.2f}x "
+            f"(Part I's target 0.7x). Peak memory {peak_memory_mb():.0f} MiB."
+        ),
+    )
 
 
 if __name__ == "__main__":

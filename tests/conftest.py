@@ -18,8 +18,10 @@ def find_shared(name):
     or skip the test saying where it was looked for."""
     path = shared_data_dir() / name
     if not path.exists():
-        pytest.skip(f"{name} not found in {shared_data_dir()}: set MLSCRATCH_SHARED_DATA to "
-                    "the folder holding the shared test data")
+        pytest.skip(
+            f"{name} not found in {shared_data_dir()}: set MLSCRATCH_SHARED_DATA to "
+            "the folder holding the shared test data"
+        )
     return path
 
 

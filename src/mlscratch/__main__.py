@@ -50,8 +50,11 @@ def main(argv=None):
         epilog="Run `mlscratch COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"mlscratch {mlscratch.__version__}")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(
-        f"{name}: {help_}" for name, (_, help_) in sorted(COMMANDS.items())))
+    parser.add_argument(
+        "command",
+        choices=sorted(COMMANDS),
+        help="; ".join(f"{name}: {help_}" for name, (_, help_) in sorted(COMMANDS.items())),
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     if not argv:
         parser.print_help()

@@ -56,8 +56,9 @@ def load_checkpoint(path, fmt, keys=(), map_location="cpu"):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage, objects that are not plain data...
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): "
-                         f"{detail}") from None
+        raise ValueError(
+            f"{path} is not a readable checkpoint (corrupt or truncated?): {detail}"
+        ) from None
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found != fmt:
         what = f"a {found} file" if isinstance(found, str) else "not an mlscratch checkpoint"

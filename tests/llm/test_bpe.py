@@ -37,8 +37,11 @@ def hf_train(text, vocab_size):
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([text], trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
@@ -75,16 +78,20 @@ def test_ascii_patterns_equal_unicode_patterns_exhaustively(name):
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=st.characters(max_codepoint=127), max_size=40),
-       name=st.sampled_from(["gpt2", "gpt4"]))
+@given(
+    text=st.text(alphabet=st.characters(max_codepoint=127), max_size=40),
+    name=st.sampled_from(["gpt2", "gpt4"]),
+)
 def test_fast_path_equals_regex_on_random_ascii(text, name):
     assert PreTokenizer(name).findall(text) == regex.findall(PATTERNS[name], text)
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=TRICKY, max_size=60),
-       cuts=st.lists(st.integers(0, 60), max_size=6),
-       name=st.sampled_from(["gpt2", "gpt4"]))
+@given(
+    text=st.text(alphabet=TRICKY, max_size=60),
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    name=st.sampled_from(["gpt2", "gpt4"]),
+)
 def test_streaming_pretokens_equal_those_of_the_joined_text(text, cuts, name):
     bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
     chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
@@ -93,16 +100,22 @@ def test_streaming_pretokens_equal_those_of_the_joined_text(text, cuts, name):
 
 
 @settings(max_examples=150, deadline=None)
-@given(parts=st.lists(st.sampled_from(["<|eot|>", "<|x|>", "ab c", " ", "\n", "<|", "|>", "x'"]),
-                      max_size=12),
-       cut_every=st.integers(1, 9))
+@given(
+    parts=st.lists(
+        st.sampled_from(["<|eot|>", "<|x|>", "ab c", " ", "\n", "<|", "|>", "x'"]), max_size=12
+    ),
+    cut_every=st.integers(1, 9),
+)
 def test_streaming_cuts_out_special_tokens_split_across_chunks(parts, cut_every):
     text = "".join(parts)
-    chunks = [text[i:i + cut_every] for i in range(0, len(text), cut_every)]
+    chunks = [text[i : i + cut_every] for i in range(0, len(text), cut_every)]
     pre = PreTokenizer("gpt4", ["<|eot|>", "<|x|>"])
     streamed = [p for pieces in pre.stream(chunks) for p in pieces]
-    expected = [p for seg in regex.split(r"<\|eot\|>|<\|x\|>", text)
-                for p in regex.findall(PATTERNS["gpt4"], seg)]
+    expected = [
+        p
+        for seg in regex.split(r"<\|eot\|>|<\|x\|>", text)
+        for p in regex.findall(PATTERNS["gpt4"], seg)
+    ]
     assert streamed == expected
 
 
@@ -113,9 +126,11 @@ def test_split_of_long_mixed_text_equals_one_regex_pass():
 
 
 @settings(max_examples=60, deadline=None)
-@given(text=st.text(alphabet="ab c\nabé", max_size=120) | st.text(alphabet=TRICKY, max_size=80),
-       n_merges=st.integers(0, 40),
-       name=st.sampled_from(["gpt2", "gpt4"]))
+@given(
+    text=st.text(alphabet="ab c\nabé", max_size=120) | st.text(alphabet=TRICKY, max_size=80),
+    n_merges=st.integers(0, 40),
+    name=st.sampled_from(["gpt2", "gpt4"]),
+)
 def test_fast_training_learns_the_naive_trainers_merges_and_counts(text, n_merges, name):
     pieces = PreTokenizer(name).findall(text)
     naive = train_merges_naive(pieces, 256 + n_merges)

@@ -28,20 +28,34 @@ def randomize(model, seed):
 
 def hf_gpt2(seed, dtype, n_layer, n_head, head_dim, vocab, n_pos, tie=True):
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_positions=n_pos, n_layer=n_layer, n_head=n_head,
-                     n_embd=n_head * head_dim, tie_word_embeddings=tie,
-                     attn_implementation="eager")
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=n_pos,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_head * head_dim,
+        tie_word_embeddings=tie,
+        attn_implementation="eager",
+    )
     return randomize(GPT2LMHeadModel(cfg), seed).to(dtype).eval()
 
 
 def hf_llama(seed, dtype, n_layer, n_head, n_kv, head_dim, vocab, n_pos, tie=False, bias=False):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=n_pos, num_hidden_layers=n_layer,
-                      num_attention_heads=n_head, num_key_value_heads=n_kv,
-                      hidden_size=n_head * head_dim, intermediate_size=3 * head_dim + 5,
-                      tie_word_embeddings=tie, attention_bias=bias, mlp_bias=bias,
-                      rope_parameters={"rope_type": "default", "rope_theta": 500.0},
-                      attn_implementation="eager")
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        max_position_embeddings=n_pos,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_kv,
+        hidden_size=n_head * head_dim,
+        intermediate_size=3 * head_dim + 5,
+        tie_word_embeddings=tie,
+        attention_bias=bias,
+        mlp_bias=bias,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        attn_implementation="eager",
+    )
     return randomize(LlamaForCausalLM(cfg), seed).to(dtype).eval()
 
 
@@ -57,8 +71,9 @@ def llama_in_float64(monkeypatch, request):
         return
 
     def rmsnorm(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
-                                              + self.variance_epsilon))
+        return self.weight * (
+            x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        )
 
     def attention(module, q, k, v, mask, scaling, dropout=0.0, **kwargs):
         k = modeling_llama.repeat_kv(k, module.num_key_value_groups)
@@ -87,17 +102,24 @@ def assert_same_logits(ours, hf, idx, dtype):
 # head_dim >= 4: LayerNorm over n_embd = 2 numbers is ill-conditioned (two nearly equal
 # entries normalise to +-1 by rounding), so float32 rounding alone can exceed 1e-5 there.
 # Derandomized: the same examples every run, so CI never meets a new one by chance.
-shapes = dict(seed=st.integers(0, 10_000), n_layer=st.integers(1, 3),
-              n_head=st.sampled_from([1, 2, 3, 5]), head_dim=st.sampled_from([4, 6, 8]),
-              vocab=st.integers(5, 70), n_pos=st.integers(4, 24), batch=st.integers(1, 3),
-              data=st.data())
+shapes = dict(
+    seed=st.integers(0, 10_000),
+    n_layer=st.integers(1, 3),
+    n_head=st.sampled_from([1, 2, 3, 5]),
+    head_dim=st.sampled_from([4, 6, 8]),
+    vocab=st.integers(5, 70),
+    n_pos=st.integers(4, 24),
+    batch=st.integers(1, 3),
+    data=st.data(),
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(**shapes, tie=st.booleans())
-def test_gpt2_logits_equal_transformers(dtype, seed, n_layer, n_head, head_dim, vocab, n_pos,
-                                        batch, data, tie):
+def test_gpt2_logits_equal_transformers(
+    dtype, seed, n_layer, n_head, head_dim, vocab, n_pos, batch, data, tie
+):
     hf = hf_gpt2(seed, dtype, n_layer, n_head, head_dim, vocab, n_pos, tie)
     ours = GPT.from_hf(hf).eval()
     T = data.draw(st.integers(1, n_pos), label="T")  # shorter than the context, or equal
@@ -106,13 +128,29 @@ def test_gpt2_logits_equal_transformers(dtype, seed, n_layer, n_head, head_dim, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@settings(max_examples=8, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(**shapes, group=st.sampled_from([1, 2, 3]), tie=st.booleans(), bias=st.booleans())
-def test_llama_logits_equal_transformers(llama_in_float64, dtype, seed, n_layer, n_head,
-                                         head_dim, vocab, n_pos, batch, data, group, tie, bias):
-    hf = hf_llama(seed, dtype, n_layer, n_head * group, n_head, head_dim, vocab, n_pos, tie,
-                  bias)
+def test_llama_logits_equal_transformers(
+    llama_in_float64,
+    dtype,
+    seed,
+    n_layer,
+    n_head,
+    head_dim,
+    vocab,
+    n_pos,
+    batch,
+    data,
+    group,
+    tie,
+    bias,
+):
+    hf = hf_llama(seed, dtype, n_layer, n_head * group, n_head, head_dim, vocab, n_pos, tie, bias)
     ours = GPT.from_hf(hf).eval()
     assert ours.config.n_kv_head == n_head and ours.config.n_head == n_head * group
     T = data.draw(st.integers(1, n_pos), label="T")
@@ -163,9 +201,10 @@ def test_fused_path_equals_hand_written():
     """The same computation, fused: logits, loss and every gradient agree in float32 to
     1e-5 relative (the kernels sum in other orders, so not bit for bit)."""
     torch.manual_seed(0)
-    for cfg in (GPTConfig(vocab_size=50, block_size=20, n_layer=2, n_head=3, n_embd=24),
-                GPTConfig.llama(vocab_size=50, block_size=20, n_layer=2, n_head=4, n_kv_head=2,
-                                n_embd=32)):
+    for cfg in (
+        GPTConfig(vocab_size=50, block_size=20, n_layer=2, n_head=3, n_embd=24),
+        GPTConfig.llama(vocab_size=50, block_size=20, n_layer=2, n_head=4, n_kv_head=2, n_embd=32),
+    ):
         model = randomize(GPT(cfg), 0).eval()
         idx = torch.randint(0, 50, (2, 13))
         targets = idx.roll(-1, dims=1)
@@ -189,24 +228,31 @@ def test_fused_path_equals_hand_written():
 def test_fused_path_with_cache_equals_full_recomputation():
     """SDPA with cached keys (one new query, then several) gives the uncached logits."""
     torch.manual_seed(0)
-    cfg = GPTConfig.llama(vocab_size=40, block_size=24, n_layer=2, n_head=4, n_kv_head=2,
-                          n_embd=32, fused=True)
+    cfg = GPTConfig.llama(
+        vocab_size=40, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, fused=True
+    )
     model = randomize(GPT(cfg), 1).eval()
     idx = torch.randint(0, 40, (2, 12))
     with torch.no_grad():
         full, _ = model(idx)
         cache = model.new_cache()
-        parts = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:6], cache=cache)[0],
-                 model(idx[:, 6:], cache=cache)[0]]
+        parts = [
+            model(idx[:, :5], cache=cache)[0],
+            model(idx[:, 5:6], cache=cache)[0],
+            model(idx[:, 6:], cache=cache)[0],
+        ]
     assert torch.allclose(torch.cat(parts, dim=1), full, rtol=0, atol=1e-5 * full.abs().max())
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(n_embd=10, n_head=3), "divisible by n_head"),
-    (dict(n_head=6, n_kv_head=4, n_embd=24), "divisible by n_kv_head"),
-    (dict(pos="alibi"), "pos must be one of"),
-    (dict(n_layer=0), "n_layer must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(n_embd=10, n_head=3), "divisible by n_head"),
+        (dict(n_head=6, n_kv_head=4, n_embd=24), "divisible by n_kv_head"),
+        (dict(pos="alibi"), "pos must be one of"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+    ],
+)
 def test_bad_configurations(bad, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**bad)
@@ -235,8 +281,11 @@ def test_bad_state_dicts_name_the_tensors():
     with pytest.raises(ValueError, match=r"unexpected \['transformer.h.2.ln_1.weight'\]"):
         GPT.from_hf({**state, "transformer.h.2.ln_1.weight": torch.ones(8)}, hf.config)
     shaped = {**state, "transformer.h.0.attn.c_attn.weight": torch.ones(24, 8)}
-    with pytest.raises(ValueError, match=r"transformer.h.0.attn.c_attn.weight: got \(24, 8\), "
-                                         r"expected \(8, 24\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"transformer.h.0.attn.c_attn.weight: got \(24, 8\), "
+        r"expected \(8, 24\)",
+    ):
         GPT.from_hf(shaped, hf.config)
     llama = hf_llama(0, torch.float32, 1, 4, 2, 4, 30, 12)
     bad = {**llama.state_dict(), "model.layers.0.self_attn.k_proj.weight": torch.ones(16, 16)}
@@ -251,8 +300,9 @@ def small(kind, dtype=torch.float32, block_size=24):
     if kind == "gpt2":
         cfg = GPTConfig(vocab_size=37, block_size=block_size, n_layer=2, n_head=3, n_embd=24)
     else:
-        cfg = GPTConfig.llama(vocab_size=37, block_size=block_size, n_layer=2, n_head=4,
-                              n_kv_head=2, n_embd=32)
+        cfg = GPTConfig.llama(
+            vocab_size=37, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=32
+        )
     return randomize(GPT(cfg), 3).to(dtype).eval()
 
 
@@ -265,7 +315,7 @@ def test_kv_cache_logits_equal_full_recomputation(kind, dtype):
         full, _ = model(idx)
         cache = model.new_cache()
         pieces = [model(idx[:, :5], cache=cache)[0]]  # a 5-token prompt, then one at a time
-        pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 24)]
+        pieces += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 24)]
         with pytest.raises(ValueError, match="longer than the context"):
             model(idx[:, :1], cache=cache)  # the cache is full
     err = (torch.cat(pieces, dim=1) - full).abs().max() / full.abs().max()
@@ -307,25 +357,30 @@ def test_top_k_and_top_p_filters_equal_transformers():
     from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
     from mlscratch.llm.gpt import filter_logits
+
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 50, generator=g, dtype=torch.float64) * 3
     for k in (1, 7, 50):
-        assert torch.equal(filter_logits(logits, top_k=k).isinf(),
-                           TopKLogitsWarper(k)(None, logits).isinf())
+        assert torch.equal(
+            filter_logits(logits, top_k=k).isinf(), TopKLogitsWarper(k)(None, logits).isinf()
+        )
     for p in (0.05, 0.5, 0.9, 1.0):
         ours = filter_logits(logits, top_p=p).isinf()
         ref = TopPLogitsWarper(p)(None, logits).isinf()
         assert torch.equal(ours, ref), p
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=0.0), "temperature must be > 0"),
-    (dict(temperature=-1.0), "temperature must be > 0"),
-    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(top_k=0), "top_k must be a positive integer"),
-    (dict(eos_id=37), "eos_id"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(temperature=-1.0), "temperature must be > 0"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=0), "top_k must be a positive integer"),
+        (dict(eos_id=37), "eos_id"),
+    ],
+)
 def test_bad_sampling_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         small("gpt2").generate(torch.zeros(1, 2, dtype=torch.long), 3, **kwargs)
@@ -350,6 +405,9 @@ def test_the_class_shows_its_api():
     body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GPT").body
     methods = {n.name for n in body if isinstance(n, ast.FunctionDef)}
     assert {"forward", "new_cache", "generate", "from_hf"} <= methods
-    assigned = [n for n in tree.body if isinstance(n, ast.Assign)
-                and any(isinstance(t, ast.Attribute) for t in n.targets)]
+    assigned = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Attribute) for t in n.targets)
+    ]
     assert not assigned, "a function is attached to a class after its body"

@@ -16,8 +16,16 @@ V = 40
 
 def tiny_model(dtype=torch.float32, seed=0):
     """Part III's Transformer, small: the model the optimizer chapter trains."""
-    config = TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, n_heads=2,
-                               d_ff=32, n_layers=2, dropout=0.0, max_len=16)
+    config = TransformerConfig(
+        src_vocab_size=V,
+        tgt_vocab_size=V,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_layers=2,
+        dropout=0.0,
+        max_len=16,
+    )
     return Transformer(config, seed=seed, dtype=dtype)
 
 
@@ -35,18 +43,22 @@ def tiny_gpt(seed=0):
 def groups(model, options):
     """Split the parameters into len(options) groups, each with its own options."""
     params = list(model.parameters())
-    return [{"params": params[i::len(options)], **opt} for i, opt in enumerate(options)]
+    return [{"params": params[i :: len(options)], **opt} for i, opt in enumerate(options)]
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
 def test_adamw_equals_torch_after_100_steps(dtype, tol):
     ours_model = tiny_model(dtype)
     ref_model = copy.deepcopy(ours_model)
-    options = [dict(lr=3e-3, weight_decay=0.1), dict(lr=1e-3, weight_decay=0.0),
-               dict(lr=5e-3, weight_decay=0.5, betas=(0.8, 0.95), eps=1e-6)]
+    options = [
+        dict(lr=3e-3, weight_decay=0.1),
+        dict(lr=1e-3, weight_decay=0.0),
+        dict(lr=5e-3, weight_decay=0.5, betas=(0.8, 0.95), eps=1e-6),
+    ]
     ours = AdamW(groups(ours_model, options), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
-    ref = torch.optim.AdamW(groups(ref_model, options), lr=1e-3, betas=(0.9, 0.99),
-                            weight_decay=0.01, foreach=False)
+    ref = torch.optim.AdamW(
+        groups(ref_model, options), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01, foreach=False
+    )
     g = torch.Generator().manual_seed(1)
     for _ in range(100):
         idx = torch.randint(1, V, (3, 12), generator=g)
@@ -58,11 +70,14 @@ def test_adamw_equals_torch_after_100_steps(dtype, tol):
             q.grad = p.grad.clone()
         ours.step()
         ref.step()
-    worst = max((p - q).abs().max().item()
-                for p, q in zip(ours_model.parameters(), ref_model.parameters(), strict=True))
+    worst = max(
+        (p - q).abs().max().item()
+        for p, q in zip(ours_model.parameters(), ref_model.parameters(), strict=True)
+    )
     start = tiny_model(dtype).parameters()
-    moved = max((p - q).abs().max().item()
-                for p, q in zip(ours_model.parameters(), start, strict=True))
+    moved = max(
+        (p - q).abs().max().item() for p, q in zip(ours_model.parameters(), start, strict=True)
+    )
     assert moved > 0.05  # the parameters did move
     assert worst <= tol, f"max parameter difference {worst:.2e} > {tol:.0e}"
 
@@ -107,11 +122,15 @@ def test_param_groups_exclude_biases_norms_and_embeddings():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
-    assert decayed == {n for n, p in model.named_parameters()
-                       if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))}
+    assert decayed == {
+        n
+        for n, p in model.named_parameters()
+        if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+    }
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert {"wte", "wpe", "ln_f.weight", "h.0.attn.c_attn.bias"} <= {
-        names[id(p)] for p in no_decay["params"]}
+        names[id(p)] for p in no_decay["params"]
+    }
 
 
 def test_param_groups_of_the_transformer_name_its_embeddings():
@@ -119,9 +138,14 @@ def test_param_groups_of_the_transformer_name_its_embeddings():
     decay, no_decay = configure_param_groups(model, 0.1, ("src_embed", "tgt_embed"))
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {
-        n for n, p in model.named_parameters() if p.ndim == 2 and "_embed" not in n}
-    assert {"src_embed.weight", "tgt_embed.weight", "encoder.layers.0.norm1.weight",
-            "decoder.layers.1.ff.w_2.bias"} <= {names[id(p)] for p in no_decay["params"]}
+        n for n, p in model.named_parameters() if p.ndim == 2 and "_embed" not in n
+    }
+    assert {
+        "src_embed.weight",
+        "tgt_embed.weight",
+        "encoder.layers.0.norm1.weight",
+        "decoder.layers.1.ff.w_2.bias",
+    } <= {names[id(p)] for p in no_decay["params"]}
     # with the GPT's default names nothing of the Transformer counts as an embedding
     decay, _ = configure_param_groups(model, 0.1)
     assert len(decay["params"]) == sum(p.ndim == 2 for p in model.parameters())
@@ -153,10 +177,15 @@ def test_lr_schedule_shape():
     assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(lr=-1.0), "lr must be >= 0"), (dict(betas=(0.9, 1.0)), "betas"),
-    (dict(eps=-1e-8), "eps"), (dict(weight_decay=-0.1), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1.0), "lr must be >= 0"),
+        (dict(betas=(0.9, 1.0)), "betas"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+    ],
+)
 def test_bad_optimizer_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdamW(tiny_model().parameters(), **kwargs)

@@ -17,16 +17,52 @@ from mlscratch.text.corpus import default_corpus
 EOT = "<|endoftext|>"
 
 # Pieces of text that stress pre-tokenization and byte-level merging.
-FRAGMENTS = ["\r\n", "\n\n", "\r", "    ", "\t", " ", "  x", "'s", "'LL", "'ve", "e\u0301",
-             "👩\u200d🚀", "🙂", "🇫🇷", "世界", "日本語", "Größe", "Ελληνικά", "123456", "٣٤",
-             "the", " the", "x__init__", "\u00a0", "\u2028", "\u3000", "\x1c", "ſ", "\u212a",
-             "!!!", "...", "<|", "|>", "<|end", "\x00", "\U0010ffff"]
+FRAGMENTS = [
+    "\r\n",
+    "\n\n",
+    "\r",
+    "    ",
+    "\t",
+    " ",
+    "  x",
+    "'s",
+    "'LL",
+    "'ve",
+    "e\u0301",
+    "👩\u200d🚀",
+    "🙂",
+    "🇫🇷",
+    "世界",
+    "日本語",
+    "Größe",
+    "Ελληνικά",
+    "123456",
+    "٣٤",
+    "the",
+    " the",
+    "x__init__",
+    "\u00a0",
+    "\u2028",
+    "\u3000",
+    "\x1c",
+    "ſ",
+    "\u212a",
+    "!!!",
+    "...",
+    "<|",
+    "|>",
+    "<|end",
+    "\x00",
+    "\U0010ffff",
+]
 unicode_text = st.lists(
     st.one_of(
         st.text(max_size=6),
         st.sampled_from(FRAGMENTS),
-        st.text(alphabet=st.characters(categories=["Mn", "Lo", "So", "Zs", "Nd", "Cc", "Po"]),
-                max_size=6),
+        st.text(
+            alphabet=st.characters(categories=["Mn", "Lo", "So", "Zs", "Nd", "Cc", "Po"]),
+            max_size=6,
+        ),
     ),
     max_size=14,
 ).map("".join)
@@ -108,9 +144,13 @@ def test_decode_equals_tiktoken_decode_on_arbitrary_ids(data):
 def test_special_tokens_follow_tiktokens_policy(parts):
     tok, _, enc = trained("unicode", "gpt4")
     text = "".join(parts)
-    for kwargs in [{"allowed_special": "all"}, {"disallowed_special": ()},
-                   {"allowed_special": {EOT}, "disallowed_special": ()},
-                   {"allowed_special": {"<|pad|>"}}, {}]:
+    for kwargs in [
+        {"allowed_special": "all"},
+        {"disallowed_special": ()},
+        {"allowed_special": {EOT}, "disallowed_special": ()},
+        {"allowed_special": {"<|pad|>"}},
+        {},
+    ]:
         try:
             expected = enc.encode(text, **kwargs)
         except ValueError:
@@ -132,7 +172,7 @@ def test_training_on_an_iterable_equals_training_on_the_joined_string():
     text = default_corpus()[:60_000]
     whole = BPETokenizer.train(text, 700, pattern="gpt2")
     lines = BPETokenizer.train(iter(text.splitlines(keepends=True)), 700, pattern="gpt2")
-    blocks = BPETokenizer.train((text[i:i + 997] for i in range(0, len(text), 997)), 700, "gpt2")
+    blocks = BPETokenizer.train((text[i : i + 997] for i in range(0, len(text), 997)), 700, "gpt2")
     assert whole.merges == lines.merges == blocks.merges
     assert len(whole.merges) == 700 - 256
 
@@ -193,17 +233,20 @@ def test_damaged_or_foreign_files_are_refused_with_a_clear_error(tmp_path):
         BPETokenizer.load(path)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"vocab_size": 255}, ValueError, "at least 256"),
-    ({"vocab_size": 257, "special_tokens": ["<a>", "<b>"]}, ValueError, "= 258, got 257"),
-    ({"vocab_size": 300.0}, TypeError, "vocab_size must be an int"),
-    ({"special_tokens": ["<a>", "<a>"]}, ValueError, "duplicate special tokens"),
-    ({"special_tokens": [""]}, ValueError, "non-empty strings"),
-    ({"special_tokens": [3]}, ValueError, "non-empty strings"),
-    ({"special_tokens": ["\ud800"]}, ValueError, "not valid Unicode"),
-    ({"special_tokens": "<|endoftext|>"}, TypeError, "list of strings"),
-    ({"pattern": "(unclosed"}, ValueError, "not a valid regular expression"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"vocab_size": 255}, ValueError, "at least 256"),
+        ({"vocab_size": 257, "special_tokens": ["<a>", "<b>"]}, ValueError, "= 258, got 257"),
+        ({"vocab_size": 300.0}, TypeError, "vocab_size must be an int"),
+        ({"special_tokens": ["<a>", "<a>"]}, ValueError, "duplicate special tokens"),
+        ({"special_tokens": [""]}, ValueError, "non-empty strings"),
+        ({"special_tokens": [3]}, ValueError, "non-empty strings"),
+        ({"special_tokens": ["\ud800"]}, ValueError, "not valid Unicode"),
+        ({"special_tokens": "<|endoftext|>"}, TypeError, "list of strings"),
+        ({"pattern": "(unclosed"}, ValueError, "not a valid regular expression"),
+    ],
+)
 def test_bad_training_arguments_are_refused(kwargs, error, match):
     kwargs = {"vocab_size": 300, **kwargs}
     with pytest.raises(error, match=match):
@@ -265,8 +308,9 @@ def test_read_chunks_names_the_offset_of_the_first_bad_byte(tmp_path):
 
 def test_tiktoken_is_not_imported_by_the_package(child_env):
     code = "import sys, mlscratch.llm.tokenizer; print('tiktoken' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=child_env)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -282,5 +326,6 @@ def test_a_tokenizer_with_a_merge_that_spells_an_existing_token_matches_tiktoken
 def test_bytes_order_makes_single_byte_ranks_equal_gpt2s():
     tok = BPETokenizer([], pattern="gpt2")
     assert tok.encode("!") == [0] and tok.encode("~") == [ord("~") - ord("!")]
-    assert tiktoken.Encoding("x", pat_str=tok.to_tiktoken()._pat_str,
-                             mergeable_ranks=tok.ranks, special_tokens={}).encode(" ") == [220]
+    assert tiktoken.Encoding(
+        "x", pat_str=tok.to_tiktoken()._pat_str, mergeable_ranks=tok.ranks, special_tokens={}
+    ).encode(" ") == [220]

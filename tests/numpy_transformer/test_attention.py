@@ -19,9 +19,7 @@ from mlscratch.numpy_transformer.layers import Dropout, Linear, Module
 
 TOL = 1e-6
 TINY = 1e-3  # see assert_gradients_pass
-PARAM_NAMES = [
-    f"{w}.{p}" for w in ("w_q", "w_k", "w_v", "w_o") for p in ("weight", "bias")
-]
+PARAM_NAMES = [f"{w}.{p}" for w in ("w_q", "w_k", "w_v", "w_o") for p in ("weight", "bias")]
 
 
 class SelfAttention(Module):
@@ -131,8 +129,13 @@ def test_masked_softmax_is_a_softmax_over_the_allowed_keys_and_zero_for_empty_ro
 
 @settings(max_examples=20, deadline=None)
 @given(
-    B=st.integers(1, 2), h=st.integers(1, 3), T=st.integers(1, 4), S=st.integers(1, 4),
-    d_k=st.integers(1, 3), d_v=st.integers(1, 3), seed=st.integers(0, 2**16),
+    B=st.integers(1, 2),
+    h=st.integers(1, 3),
+    T=st.integers(1, 4),
+    S=st.integers(1, 4),
+    d_k=st.integers(1, 3),
+    d_v=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
 )
 def test_attention_backward_matches_finite_differences(B, h, T, S, d_k, d_v, seed):
     rng = np.random.default_rng(seed)
@@ -223,8 +226,11 @@ def test_cross_attention_passes_finite_differences(B, T, S, n_heads, d_k, kind, 
     d_model = n_heads * d_k
     mha = MultiHeadAttention(d_model, n_heads, rng, dtype=np.float64)
     x_q, x_kv = rng.standard_normal((B, T, d_model)), rng.standard_normal((B, S, d_model))
-    shapes = {"per example": (B, 1, T, S), "per head": (1, n_heads, T, S),
-              "full": (B, n_heads, T, S)}
+    shapes = {
+        "per example": (B, 1, T, S),
+        "per head": (1, n_heads, T, S),
+        "full": (B, n_heads, T, S),
+    }
     if kind == "none":
         inputs = (x_q, x_kv)
     elif kind == "padding":
@@ -302,10 +308,13 @@ def assert_equals_torch(mha, x_q, x_kv, mask, key_padding_mask, attn_mask, dy):
     tq = torch.from_numpy(x_q).requires_grad_()
     tkv = tq if self_attention else torch.from_numpy(x_kv).requires_grad_()
     y_ref, w_ref = ref(
-        tq, tkv, tkv,
+        tq,
+        tkv,
+        tkv,
         key_padding_mask=None if key_padding_mask is None else torch.from_numpy(key_padding_mask),
         attn_mask=None if attn_mask is None else torch.from_numpy(attn_mask),
-        need_weights=True, average_attn_weights=True,
+        need_weights=True,
+        average_attn_weights=True,
     )
     y_ref.backward(torch.from_numpy(dy))
 
@@ -321,10 +330,12 @@ def assert_equals_torch(mha, x_q, x_kv, mask, key_padding_mask, attn_mask, dy):
         np.testing.assert_allclose(dx_kv, tkv.grad.numpy(), **close)
     g = dict((name, grad) for name, _, grad in mha.named_parameters())
     in_w, in_b = ref.in_proj_weight.grad.numpy(), ref.in_proj_bias.grad.numpy()
-    np.testing.assert_allclose(np.concatenate([g["w_q.weight"], g["w_k.weight"], g["w_v.weight"]]),
-                               in_w, **close)
-    np.testing.assert_allclose(np.concatenate([g["w_q.bias"], g["w_k.bias"], g["w_v.bias"]]),
-                               in_b, **close)
+    np.testing.assert_allclose(
+        np.concatenate([g["w_q.weight"], g["w_k.weight"], g["w_v.weight"]]), in_w, **close
+    )
+    np.testing.assert_allclose(
+        np.concatenate([g["w_q.bias"], g["w_k.bias"], g["w_v.bias"]]), in_b, **close
+    )
     np.testing.assert_allclose(g["w_o.weight"], ref.out_proj.weight.grad.numpy(), **close)
     np.testing.assert_allclose(g["w_o.bias"], ref.out_proj.bias.grad.numpy(), **close)
     assert y.dtype == dx_q.dtype == dx_kv.dtype == mha.attn.dtype == np.float32
@@ -435,11 +446,17 @@ Z = np.zeros((1, 2, 3, 4))
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: MultiHeadAttention(10, 3, np.random.default_rng(0)), ValueError,
-         r"d_model \(10\).*n_heads \(3\)"),
+        (
+            lambda: MultiHeadAttention(10, 3, np.random.default_rng(0)),
+            ValueError,
+            r"d_model \(10\).*n_heads \(3\)",
+        ),
         (lambda: MultiHeadAttention(8, 0, np.random.default_rng(0)), ValueError, "n_heads"),
-        (lambda: MultiHeadAttention(8, 2, np.random.default_rng(0), dropout=1.0), ValueError,
-         r"\[0, 1\)"),
+        (
+            lambda: MultiHeadAttention(8, 2, np.random.default_rng(0), dropout=1.0),
+            ValueError,
+            r"\[0, 1\)",
+        ),
         (mha_call(x_q_shape=(2, 3, 6)), ValueError, "x_q must have last dimension 8"),
         (mha_call(x_kv_shape=(2, 4, 6)), ValueError, "x_kv must have last dimension 8"),
         (mha_call(x_q_shape=(3, 8)), ValueError, "x_q must have 3 dimensions"),
@@ -449,18 +466,32 @@ Z = np.zeros((1, 2, 3, 4))
         (mha_call(dtype=np.int64), TypeError, "x_q must have a dtype of kind 'f'"),
         (mha_call(dtype=np.float64), TypeError, "weights' dtype float32"),
         (mha_call(kv_dtype=np.float16), TypeError, "x_kv must have the weights' dtype"),
-        (lambda: MultiHeadAttention(8, 2, np.random.default_rng(0)).forward([[[0.0] * 8]], None),
-         TypeError, "numpy array"),
+        (
+            lambda: MultiHeadAttention(8, 2, np.random.default_rng(0)).forward([[[0.0] * 8]], None),
+            TypeError,
+            "numpy array",
+        ),
         (mha_call(mask=np.ones((2, 1, 1, 4), dtype=np.int64)), TypeError, "dtype bool"),
         (mha_call(mask=[[True]]), TypeError, "numpy bool array"),
-        (mha_call(mask=np.ones((2, 4), dtype=bool)), ValueError,
-         r"\(2, 2, 3, 4\): it needs 4 axes"),
-        (mha_call(mask=np.ones((2, 1, 1, 5), dtype=bool)), ValueError,
-         r"shape \(2, 1, 1, 5\) does not broadcast to \(B, n_heads, T, S\) = \(2, 2, 3, 4\)"),
+        (
+            mha_call(mask=np.ones((2, 4), dtype=bool)),
+            ValueError,
+            r"\(2, 2, 3, 4\): it needs 4 axes",
+        ),
+        (
+            mha_call(mask=np.ones((2, 1, 1, 5), dtype=bool)),
+            ValueError,
+            r"shape \(2, 1, 1, 5\) does not broadcast to \(B, n_heads, T, S\) = \(2, 2, 3, 4\)",
+        ),
         (mha_call(mask=causal_mask(4)), ValueError, "does not broadcast"),
         (backward_call((2, 3, 4)), ValueError, r"output's shape \(2, 3, 8\)"),
-        (lambda: MultiHeadAttention(8, 2, np.random.default_rng(0)).backward(np.zeros((1, 1, 8))),
-         RuntimeError, "before forward"),
+        (
+            lambda: MultiHeadAttention(8, 2, np.random.default_rng(0)).backward(
+                np.zeros((1, 1, 8))
+            ),
+            RuntimeError,
+            "before forward",
+        ),
         (lambda: attention_forward(Z, Z[:, :, :2], Z), ValueError, "expected q .B, h, T, d_k."),
         (lambda: attention_forward(Z, Z, Z.astype(F32)), TypeError, "share one dtype"),
         (lambda: attention_forward(Z[0], Z, Z), ValueError, "q must have 4 dimensions"),

@@ -12,9 +12,21 @@ BOS, EOS = 1, 2
 
 
 def random_model(seed=0, **kw):
-    config = TransformerConfig(**{**dict(src_vocab_size=10, tgt_vocab_size=9, d_model=16,
-                                         n_heads=2, d_ff=32, n_layers=2, dropout=0.1,
-                                         max_len=12), **kw})
+    config = TransformerConfig(
+        **{
+            **dict(
+                src_vocab_size=10,
+                tgt_vocab_size=9,
+                d_model=16,
+                n_heads=2,
+                d_ff=32,
+                n_layers=2,
+                dropout=0.1,
+                max_len=12,
+            ),
+            **kw,
+        }
+    )
     return Transformer(config, seed=seed)
 
 
@@ -66,10 +78,28 @@ def test_a_trained_model_reverses_unseen_sequences():
             out.append((seq, seq[::-1]))
         return out
 
-    model = random_model(0, src_vocab_size=9, tgt_vocab_size=9, d_model=32, n_heads=4,
-                         d_ff=64, dropout=0.0, norm_first=True)
-    fit(model, pairs(2000), steps=600, batch_size=32, bos_id=BOS, eos_id=EOS, warmup=100,
-        factor=0.5, smoothing=0.0, progress=False)
+    model = random_model(
+        0,
+        src_vocab_size=9,
+        tgt_vocab_size=9,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        dropout=0.0,
+        norm_first=True,
+    )
+    fit(
+        model,
+        pairs(2000),
+        steps=600,
+        batch_size=32,
+        bos_id=BOS,
+        eos_id=EOS,
+        warmup=100,
+        factor=0.5,
+        smoothing=0.0,
+        progress=False,
+    )
     test = pairs(64)
     src = np.zeros((64, 5), np.int64)
     for i, (s, _) in enumerate(test):

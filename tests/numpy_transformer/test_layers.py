@@ -118,7 +118,11 @@ def test_parameters_are_named_like_torch_and_gradients_accumulate():
     net = Net(np.random.default_rng(0))
     names = [name for name, _, _ in net.named_parameters()]
     assert names == [
-        "inp.weight", "inp.bias", "layers.0.weight", "layers.0.bias", "layers.1.weight"
+        "inp.weight",
+        "inp.bias",
+        "layers.0.weight",
+        "layers.0.bias",
+        "layers.1.weight",
     ]
     layer = net.inp
     x = np.ones((1, 2), dtype=np.float32)
@@ -134,20 +138,41 @@ def test_parameters_are_named_like_torch_and_gradients_accumulate():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: Linear(3, 2, np.random.default_rng(0)).forward(np.ones((2, 4))), ValueError,
-         "last dimension 3"),
-        (lambda: Linear(3, 2, np.random.default_rng(0)).forward(np.ones((2, 3), int)), TypeError,
-         "dtype"),
-        (lambda: Linear(3, 2, np.random.default_rng(0)).forward([[1.0, 2.0, 3.0]]), TypeError,
-         "numpy array"),
-        (lambda: CrossEntropyLoss().forward(np.ones((2, 3)), np.array([0, 3])), ValueError,
-         r"\[0, 3\)"),
-        (lambda: CrossEntropyLoss().forward(np.ones((2, 3)), np.array([0])), ValueError,
-         "targets shape"),
-        (lambda: CrossEntropyLoss().forward(np.ones((2, 3)), np.array([0.0, 1.0])), TypeError,
-         "targets"),
-        (lambda: CrossEntropyLoss().forward(np.ones((0, 3)), np.zeros(0, int)), ValueError,
-         "empty batch"),
+        (
+            lambda: Linear(3, 2, np.random.default_rng(0)).forward(np.ones((2, 4))),
+            ValueError,
+            "last dimension 3",
+        ),
+        (
+            lambda: Linear(3, 2, np.random.default_rng(0)).forward(np.ones((2, 3), int)),
+            TypeError,
+            "dtype",
+        ),
+        (
+            lambda: Linear(3, 2, np.random.default_rng(0)).forward([[1.0, 2.0, 3.0]]),
+            TypeError,
+            "numpy array",
+        ),
+        (
+            lambda: CrossEntropyLoss().forward(np.ones((2, 3)), np.array([0, 3])),
+            ValueError,
+            r"\[0, 3\)",
+        ),
+        (
+            lambda: CrossEntropyLoss().forward(np.ones((2, 3)), np.array([0])),
+            ValueError,
+            "targets shape",
+        ),
+        (
+            lambda: CrossEntropyLoss().forward(np.ones((2, 3)), np.array([0.0, 1.0])),
+            TypeError,
+            "targets",
+        ),
+        (
+            lambda: CrossEntropyLoss().forward(np.ones((0, 3)), np.zeros(0, int)),
+            ValueError,
+            "empty batch",
+        ),
         (lambda: Dropout(1.0), ValueError, r"\[0, 1\)"),
     ],
 )
@@ -164,9 +189,11 @@ class TwoLayers(Module):
 
 def test_state_dict_and_grads_share_keys_and_load_state_dict_round_trips():
     net = TwoLayers(np.random.default_rng(0))
-    assert list(net.state_dict()) == list(net.grads()) == [
-        "layers.0.weight", "layers.0.bias", "layers.1.weight"
-    ]
+    assert (
+        list(net.state_dict())
+        == list(net.grads())
+        == ["layers.0.weight", "layers.0.bias", "layers.1.weight"]
+    )
     other = TwoLayers(np.random.default_rng(1))
     other.load_state_dict(net.state_dict())
     for name, value in net.state_dict().items():
@@ -187,10 +214,16 @@ def test_loading_float64_weights_makes_the_model_compute_in_float64():
     [
         (lambda d: d.pop("layers.1.weight"), KeyError, r"missing \['layers.1.weight'\]"),
         (lambda d: d.update(extra=np.zeros(1, np.float32)), KeyError, r"unexpected \['extra'\]"),
-        (lambda d: d.update({"layers.0.bias": np.zeros(5, np.float32)}), ValueError,
-         r"layers.0.bias: expected \(4,\), got \(5,\)"),
-        (lambda d: d.update({"layers.0.bias": np.zeros(4, np.float64)}), TypeError,
-         "one float dtype"),
+        (
+            lambda d: d.update({"layers.0.bias": np.zeros(5, np.float32)}),
+            ValueError,
+            r"layers.0.bias: expected \(4,\), got \(5,\)",
+        ),
+        (
+            lambda d: d.update({"layers.0.bias": np.zeros(4, np.float64)}),
+            TypeError,
+            "one float dtype",
+        ),
         (lambda d: d.update({"layers.0.bias": np.zeros(4, np.int64)}), TypeError, "float"),
     ],
 )

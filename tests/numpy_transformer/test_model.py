@@ -9,8 +9,16 @@ from mlscratch.numpy_transformer.gradcheck import compare_gradients
 from mlscratch.numpy_transformer.model import Transformer, TransformerConfig, load, save
 from mlscratch.numpy_transformer.training import LabelSmoothingLoss, fit
 
-TINY = dict(src_vocab_size=11, tgt_vocab_size=13, d_model=8, n_heads=2, d_ff=12, n_layers=2,
-            dropout=0.0, max_len=12)
+TINY = dict(
+    src_vocab_size=11,
+    tgt_vocab_size=13,
+    d_model=8,
+    n_heads=2,
+    d_ff=12,
+    n_layers=2,
+    dropout=0.0,
+    max_len=12,
+)
 
 
 def float64(model):
@@ -23,14 +31,13 @@ def padded_batch(rng, B, S, T, src_vocab, tgt_vocab, pad_id=0):
     tgt_in = rng.integers(1, tgt_vocab, (B, T))
     tgt_out = rng.integers(1, tgt_vocab, (B, T))
     if B > 1:  # pad the end of the first sentence on both sides
-        src[0, max(1, S // 2):] = pad_id
-        tgt_in[0, max(1, T // 2):] = pad_id
-        tgt_out[0, max(1, T // 2):] = pad_id
+        src[0, max(1, S // 2) :] = pad_id
+        tgt_in[0, max(1, T // 2) :] = pad_id
+        tgt_out[0, max(1, T // 2) :] = pad_id
     return src, tgt_in, tgt_out
 
 
-@settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.generate],
-          derandomize=True)
+@settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.generate], derandomize=True)
 @given(
     n_heads=st.sampled_from([1, 2]),
     n_layers=st.integers(1, 2),
@@ -43,8 +50,9 @@ def padded_batch(rng, B, S, T, src_vocab, tgt_vocab, pad_id=0):
 def test_whole_model_with_label_smoothing_passes_finite_differences(
     n_heads, n_layers, norm_first, B, S, T, seed
 ):
-    config = TransformerConfig(**{**TINY, "n_heads": n_heads, "n_layers": n_layers},
-                               norm_first=norm_first)
+    config = TransformerConfig(
+        **{**TINY, "n_heads": n_heads, "n_layers": n_layers}, norm_first=norm_first
+    )
     model = float64(Transformer(config, seed=seed))
     src, tgt_in, tgt_out = padded_batch(np.random.default_rng(seed), B, S, T, 11, 13)
     loss_fn = LabelSmoothingLoss(0.1, ignore_index=config.pad_id)
@@ -117,8 +125,11 @@ def rewrite(path, edit):
     [
         (lambda a: a.pop("decoder.layers.0.ff.w_1.bias"), KeyError, "missing"),
         (lambda a: a.update(stray=np.zeros(2, np.float32)), KeyError, "unexpected"),
-        (lambda a: a.update({"src_embed.weight": np.zeros((3, 8), np.float32)}), ValueError,
-         r"src_embed.weight: expected \(11, 8\), got \(3, 8\)"),
+        (
+            lambda a: a.update({"src_embed.weight": np.zeros((3, 8), np.float32)}),
+            ValueError,
+            r"src_embed.weight: expected \(11, 8\), got \(3, 8\)",
+        ),
         (lambda a: a.update(__format__=np.array("something else")), ValueError, "format"),
         (lambda a: a.pop("__format__"), ValueError, "format"),
         (lambda a: a.update(__config__=np.array('{"d_model": 8}')), ValueError, "config"),
@@ -175,14 +186,24 @@ def reversal(n, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_training_is_reproducible_and_learns_in_both_dtypes(dtype):
-    config = TransformerConfig(9, 9, d_model=16, n_heads=2, d_ff=32, n_layers=1, dropout=0.1,
-                               max_len=8)
+    config = TransformerConfig(
+        9, 9, d_model=16, n_heads=2, d_ff=32, n_layers=1, dropout=0.1, max_len=8
+    )
     pairs = reversal(256, np.random.default_rng(0))
     runs = []
     for _ in range(2):
         model = Transformer(config, seed=0, dtype=dtype)
-        history = fit(model, pairs, steps=150, batch_size=32, bos_id=1, eos_id=2, warmup=30,
-                      seed=5, progress=False)
+        history = fit(
+            model,
+            pairs,
+            steps=150,
+            batch_size=32,
+            bos_id=1,
+            eos_id=2,
+            warmup=30,
+            seed=5,
+            progress=False,
+        )
         runs.append(([h["loss"] for h in history], model.state_dict()))
         assert all(p.dtype == dtype for p in model.state_dict().values())
     (losses, state), (losses2, state2) = runs

@@ -27,8 +27,11 @@ def logits_and_targets(seed, shape=(3, 5), V=7, pad_id=0):
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10_000), smoothing=st.sampled_from([0.0, 0.1, 0.3]),
-       ignore=st.sampled_from([None, 0]))
+@given(
+    seed=st.integers(0, 10_000),
+    smoothing=st.sampled_from([0.0, 0.1, 0.3]),
+    ignore=st.sampled_from([None, 0]),
+)
 def test_label_smoothing_equals_torch_cross_entropy(seed, smoothing, ignore):
     logits, targets = logits_and_targets(seed)
     loss_fn = LabelSmoothingLoss(smoothing, ignore_index=ignore)
@@ -36,8 +39,11 @@ def test_label_smoothing_equals_torch_cross_entropy(seed, smoothing, ignore):
     dlogits = loss_fn.backward()
     lt = torch.from_numpy(logits).requires_grad_()
     ref = torch.nn.functional.cross_entropy(
-        lt.reshape(-1, logits.shape[-1]), torch.from_numpy(targets).reshape(-1),
-        label_smoothing=smoothing, ignore_index=-100 if ignore is None else ignore)
+        lt.reshape(-1, logits.shape[-1]),
+        torch.from_numpy(targets).reshape(-1),
+        label_smoothing=smoothing,
+        ignore_index=-100 if ignore is None else ignore,
+    )
     ref.backward()
     assert ours == pytest.approx(ref.item(), rel=1e-12)
     np.testing.assert_allclose(dlogits, lt.grad.numpy(), rtol=1e-10, atol=1e-14)
@@ -64,12 +70,12 @@ def test_label_smoothing_float32_stays_float32():
     ("call", "message"),
     [
         (lambda: LabelSmoothingLoss(1.0), r"smoothing must be in \[0, 1\)"),
-        (lambda: LabelSmoothingLoss(0.1, 0).forward(np.zeros((2, 3)), np.zeros(2, int)),
-         "all padding"),
-        (lambda: LabelSmoothingLoss().forward(np.zeros((2, 3)), np.array([0, 3])),
-         r"\[0, 3\)"),
-        (lambda: LabelSmoothingLoss().forward(np.zeros((2, 3)), np.zeros(3, int)),
-         "must match"),
+        (
+            lambda: LabelSmoothingLoss(0.1, 0).forward(np.zeros((2, 3)), np.zeros(2, int)),
+            "all padding",
+        ),
+        (lambda: LabelSmoothingLoss().forward(np.zeros((2, 3)), np.array([0, 3])), r"\[0, 3\)"),
+        (lambda: LabelSmoothingLoss().forward(np.zeros((2, 3)), np.zeros(3, int)), "must match"),
     ],
 )
 def test_label_smoothing_bad_input(call, message):
@@ -146,8 +152,9 @@ def test_clip_grad_norm_equals_torch(max_norm):
 
 def test_batches_group_similar_lengths_and_shift_the_target():
     rng = np.random.default_rng(0)
-    pairs = [(list(range(3, 3 + n)), list(range(5, 5 + m)))
-             for n, m in rng.integers(1, 12, (50, 2))]
+    pairs = [
+        (list(range(3, 3 + n)), list(range(5, 5 + m))) for n, m in rng.integers(1, 12, (50, 2))
+    ]
     batches = make_batches(pairs, 8, pad_id=0, bos_id=1, eos_id=2, rng=rng)
     assert sum(len(b.src) for b in batches) == 50
     seen = set()

@@ -28,9 +28,29 @@ def sacre(hypotheses, references):
 # Pieces that exercise every 13a rule: all ASCII punctuation, digits next to . , and -,
 # the markup it undoes, unicode letters, CJK, emoji, and unusual whitespace.
 PIECES = list("abcXYZ0189 .,-'\n\t\r!\"#$%&()*+/:;<=>?@[\\]^_`{|}~") + [
-    "&quot;", "&amp;", "&lt;", "&gt;", "&amp;lt;", "&amp;quot;", "<skipped>", "-\n", "3.14",
+    "&quot;",
+    "&amp;",
+    "&lt;",
+    "&gt;",
+    "&amp;lt;",
+    "&amp;quot;",
+    "<skipped>",
+    "-\n",
+    "3.14",
     "1,000",
-    "é", "Ü", "ß", "中", "東京", "😀", "\u00a0", "\u2028", "\u3000", "٣", "\x1c", "..", " - ",
+    "é",
+    "Ü",
+    "ß",
+    "中",
+    "東京",
+    "😀",
+    "\u00a0",
+    "\u2028",
+    "\u3000",
+    "٣",
+    "\x1c",
+    "..",
+    " - ",
 ]
 lines = st.lists(st.sampled_from(PIECES), max_size=25).map("".join)
 
@@ -53,7 +73,18 @@ def test_tokenizer_matches_sacrebleu_13a_on_arbitrary_unicode(line):
 
 def test_tokenizer_examples_from_the_chapter():
     assert tokenize_13a("Hello, world! (It's 3.14, not 1,000.)") == [
-        "Hello", ",", "world", "!", "(", "It's", "3.14", ",", "not", "1,000", ".", ")"
+        "Hello",
+        ",",
+        "world",
+        "!",
+        "(",
+        "It's",
+        "3.14",
+        ",",
+        "not",
+        "1,000",
+        ".",
+        ")",
     ]
     assert tokenize_13a("state-of-the-art 1990-2000") == ["state-of-the-art", "1990", "-", "2000"]
 
@@ -66,8 +97,28 @@ def test_ngram_counts_counts_every_order():
 
 # Sentences from a small vocabulary with punctuation, so that n-grams of every order
 # overlap between hypotheses and references, and sometimes do not.
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", ".", ",", "!", "3.5", "1,000",
-         "x-ray", "(", ")", "café", "東京", "😀", "end-\n"]
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "ran",
+    ".",
+    ",",
+    "!",
+    "3.5",
+    "1,000",
+    "x-ray",
+    "(",
+    ")",
+    "café",
+    "東京",
+    "😀",
+    "end-\n",
+]
 sentences = st.lists(st.sampled_from(WORDS), max_size=14).map(" ".join)
 
 
@@ -86,8 +137,9 @@ def corpora(draw):
         else:
             words = ref.split()
             cut = draw(st.integers(0, len(words)))
-            hypotheses.append(" ".join(words[:cut] + draw(st.lists(st.sampled_from(WORDS),
-                                                                    max_size=4))))
+            hypotheses.append(
+                " ".join(words[:cut] + draw(st.lists(st.sampled_from(WORDS), max_size=4)))
+            )
     return hypotheses, references
 
 

@@ -17,9 +17,12 @@ from mlscratch.text.multi30k import (
 )
 
 PAIRS = {
-    "train": [("A dog runs.", "Ein Hund rennt."),
-              ("Two men  talk\u2028here.", "Zwei Männer reden."),
-              ("", "Leer"), ("A girl in a café.", "Ein Mädchen in einem Café.")],
+    "train": [
+        ("A dog runs.", "Ein Hund rennt."),
+        ("Two men  talk\u2028here.", "Zwei Männer reden."),
+        ("", "Leer"),
+        ("A girl in a café.", "Ein Mädchen in einem Café."),
+    ],
     "val": [("A cat.", "Eine Katze.")],
     "test_2016_flickr": [("A red ball.", "Ein roter Ball."), ("Hi", "Hallo")],
 }
@@ -100,8 +103,7 @@ def test_joint_bpe_has_specials_and_round_trips():
     pad_id, bos_id, eos_id = special_ids(tokenizer)
     assert [pad_id, bos_id, eos_id] == [tokenizer.special_tokens[t] for t in SPECIAL_TOKENS]
     assert len({pad_id, bos_id, eos_id}) == 3 and max(pad_id, bos_id, eos_id) < 300
-    for (src, tgt), (src_ids, tgt_ids) in zip(pairs, encode_pairs(tokenizer, pairs),
-                                              strict=True):
+    for (src, tgt), (src_ids, tgt_ids) in zip(pairs, encode_pairs(tokenizer, pairs), strict=True):
         assert decode_ids(tokenizer, src_ids) == src
         assert decode_ids(tokenizer, [*tgt_ids, eos_id, 5, 6], eos_id) == tgt
         assert decode_ids(tokenizer, [bos_id, *tgt_ids, pad_id]) == tgt
@@ -113,8 +115,9 @@ def test_joint_bpe_has_specials_and_round_trips():
 def test_bpe_refuses_bad_input():
     with pytest.raises(ValueError, match="no sentence pairs"):
         train_joint_bpe([], vocab_size=300)
-    tokenizer = train_joint_bpe(PAIRS["train"], vocab_size=260, special_tokens=("<p>", "<b>",
-                                                                                   "<e>"))
+    tokenizer = train_joint_bpe(
+        PAIRS["train"], vocab_size=260, special_tokens=("<p>", "<b>", "<e>")
+    )
     with pytest.raises(ValueError, match="lacks the special tokens"):
         special_ids(tokenizer)
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -124,11 +127,16 @@ def test_bpe_refuses_bad_input():
 def test_real_multi30k():
     directory = multi30k_dir()
     if directory is None:
-        pytest.skip("Multi30k not found: set MLSCRATCH_SHARED_DATA (or MLSCRATCH_MULTI30K) "
-                    "to the folder holding the shared data")
+        pytest.skip(
+            "Multi30k not found: set MLSCRATCH_SHARED_DATA (or MLSCRATCH_MULTI30K) "
+            "to the folder holding the shared data"
+        )
     data = load_multi30k(directory)
-    assert {s: len(data[s]) for s in SPLITS} == {"train": 29000, "val": 1014,
-                                                 "test_2016_flickr": 1000}
+    assert {s: len(data[s]) for s in SPLITS} == {
+        "train": 29000,
+        "val": 1014,
+        "test_2016_flickr": 1000,
+    }
     en, de = data["train"][0]
     assert en.startswith("Two young, White males") and de.startswith("Zwei junge")
     assert all(en and de and "\n" not in en + de for en, de in data["test_2016_flickr"])

@@ -77,8 +77,12 @@ def test_the_verb_is_always_last_and_the_target_is_reordered():
 def test_only_bare_intransitive_sentences_keep_their_order():
     assert not crossing(translate("the dogs sleep")[1])
     assert translate("the dogs sleep")[0] == "lo wofa ri nemu"
-    for source in ["the big dog sleeps", "the dog sees a cat", "the dog sleeps on the table",
-                   "the dog near the tree sleeps"]:
+    for source in [
+        "the big dog sleeps",
+        "the dog sees a cat",
+        "the dog sleeps on the table",
+        "the dog near the tree sleeps",
+    ]:
         assert crossing(translate(source)[1]), source
 
 

@@ -136,12 +136,21 @@ def test_to_dict_survives_json_and_from_dict_restores_the_vocabulary(data):
         ({"format": "mlscratch.Vocab", "version": 2, "itos": []}, ValueError, "version=2"),
         ({"format": "mlscratch.Vocab", "version": 1}, ValueError, "no 'itos'"),
         ({"format": "mlscratch.Vocab", "version": 1, "itos": "abc"}, TypeError, "itos must be"),
-        ({"format": "mlscratch.Vocab", "version": 1, "itos": ["a", *SPECIALS]}, ValueError,
-         "must start with"),
-        ({"format": "mlscratch.Vocab", "version": 1, "itos": [*SPECIALS, "a", "a"]}, ValueError,
-         "duplicate tokens: \\['a'\\]"),
-        ({"format": "mlscratch.Vocab", "version": 1, "itos": [*SPECIALS, 7]}, TypeError,
-         "only str"),
+        (
+            {"format": "mlscratch.Vocab", "version": 1, "itos": ["a", *SPECIALS]},
+            ValueError,
+            "must start with",
+        ),
+        (
+            {"format": "mlscratch.Vocab", "version": 1, "itos": [*SPECIALS, "a", "a"]},
+            ValueError,
+            "duplicate tokens: \\['a'\\]",
+        ),
+        (
+            {"format": "mlscratch.Vocab", "version": 1, "itos": [*SPECIALS, 7]},
+            TypeError,
+            "only str",
+        ),
     ],
 )
 def test_from_dict_refuses_malformed_data_with_a_clear_error(bad, error, message):

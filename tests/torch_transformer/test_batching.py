@@ -14,8 +14,13 @@ PAD, BOS, EOS = 0, 1, 2
 
 def random_pairs(n, seed=0, vocab=20, max_len=9):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
-             rng.integers(3, vocab, rng.integers(0, max_len)).tolist()) for _ in range(n)]
+    return [
+        (
+            rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
+            rng.integers(3, vocab, rng.integers(0, max_len)).tolist(),
+        )
+        for _ in range(n)
+    ]
 
 
 def test_pad_and_make_batch():

@@ -24,9 +24,17 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 def model_and_source(seed, norm_first=False, n_layers=2, B=5, S=7, V=11, dtype=torch.float64):
-    config = TransformerConfig(src_vocab_size=13, tgt_vocab_size=V, d_model=16, n_heads=4,
-                               d_ff=32, n_layers=n_layers, dropout=0.1, max_len=40,
-                               norm_first=norm_first)
+    config = TransformerConfig(
+        src_vocab_size=13,
+        tgt_vocab_size=V,
+        d_model=16,
+        n_heads=4,
+        d_ff=32,
+        n_layers=n_layers,
+        dropout=0.1,
+        max_len=40,
+        norm_first=norm_first,
+    )
     model = Transformer(config, seed=seed, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(1, 13, (B, S), generator=g)
@@ -72,8 +80,9 @@ def test_greedy_equals_part_one(seed, norm_first, n_layers):
 def test_beam_search_equals_part_one(seed, norm_first, beam_size, alpha):
     model, src = model_and_source(seed, norm_first)
     ours = beam_search(model, src, BOS, EOS, beam_size, alpha, max_len=12)
-    theirs = numpy_decoding.beam_search(numpy_twin(model), src.numpy(), BOS, EOS, beam_size,
-                                        alpha, max_len=12)
+    theirs = numpy_decoding.beam_search(
+        numpy_twin(model), src.numpy(), BOS, EOS, beam_size, alpha, max_len=12
+    )
     assert ours == theirs
 
 
@@ -81,8 +90,9 @@ def test_beam_search_equals_part_one(seed, norm_first, beam_size, alpha):
 @given(st.integers(0, 10**6), st.booleans())
 def test_one_beam_is_greedy_decoding(seed, norm_first):
     model, src = model_and_source(seed, norm_first, dtype=torch.float32)
-    assert beam_search(model, src, BOS, EOS, beam_size=1, max_len=20) == \
-        greedy_decode(model, src, BOS, EOS, max_len=20)
+    assert beam_search(model, src, BOS, EOS, beam_size=1, max_len=20) == greedy_decode(
+        model, src, BOS, EOS, max_len=20
+    )
 
 
 def search_scores(model, src, outputs, limit, alpha):
@@ -138,8 +148,10 @@ def test_sequence_log_probs_match_the_decoding_steps():
             token = nxt
     torch.testing.assert_close(sequence_log_probs(model, src, greedy, BOS, EOS), total)
     lengths = torch.tensor([len(y) + 1 for y in greedy], dtype=torch.float64)
-    torch.testing.assert_close(sequence_log_probs(model, src, greedy, BOS, EOS, alpha=0.6),
-                               total / ((5 + lengths) / 6) ** 0.6)
+    torch.testing.assert_close(
+        sequence_log_probs(model, src, greedy, BOS, EOS, alpha=0.6),
+        total / ((5 + lengths) / 6) ** 0.6,
+    )
 
 
 def test_length_limits():
@@ -171,18 +183,32 @@ def test_decoding_refuses_bad_input():
 
 
 def test_translate_keeps_the_order_and_equals_one_by_one_decoding():
-    pairs = [("a dog runs", "ein hund rennt"), ("two cats sleep", "zwei katzen schlafen"),
-             ("a red ball", "ein roter ball"), ("hi", "hallo")] * 5
+    pairs = [
+        ("a dog runs", "ein hund rennt"),
+        ("two cats sleep", "zwei katzen schlafen"),
+        ("a red ball", "ein roter ball"),
+        ("hi", "hallo"),
+    ] * 5
     tokenizer = train_joint_bpe(pairs, vocab_size=300)
     pad_id, bos_id, eos_id = special_ids(tokenizer)
     V = tokenizer.vocab_size
-    config = TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, n_heads=2,
-                               d_ff=32, n_layers=1, dropout=0.0, max_len=64, pad_id=pad_id)
+    config = TransformerConfig(
+        src_vocab_size=V,
+        tgt_vocab_size=V,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_layers=1,
+        dropout=0.0,
+        max_len=64,
+        pad_id=pad_id,
+    )
     model = Transformer(config, seed=0, dtype=torch.float64)
     sentences = ["a red ball", "hi", "two cats sleep and a dog runs", "", "a dog"]
     for beam_size in (1, 3):
-        batched = translate(model, tokenizer, sentences, bos_id, eos_id, beam_size=beam_size,
-                            batch_size=2, extra=5)
+        batched = translate(
+            model, tokenizer, sentences, bos_id, eos_id, beam_size=beam_size, batch_size=2, extra=5
+        )
         assert len(batched) == len(sentences) and all(isinstance(s, str) for s in batched)
         for sentence, hyp in zip(sentences, batched, strict=True):
             src = torch.tensor([tokenizer.encode_ordinary(sentence) or [pad_id]])

@@ -47,8 +47,13 @@ def key_padding(g, B, S):
 
 
 @SETTINGS
-@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6),
-       st.integers(0, 10**6))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.integers(0, 10**6),
+)
 def test_linear_equals_nn_linear_with_its_gradients(B, T, d_in, d_out, seed):
     g = seeded(seed)
     ours = Linear(d_in, d_out, generator=g)
@@ -122,8 +127,15 @@ def mha_reference(ours):
 
 
 @SETTINGS
-@given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.sampled_from([1, 2, 4]),
-       st.integers(1, 4), st.booleans(), st.integers(0, 10**6))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.sampled_from([1, 2, 4]),
+    st.integers(1, 4),
+    st.booleans(),
+    st.integers(0, 10**6),
+)
 def test_multi_head_attention_equals_nn_multihead_attention(B, T, S, h, d_k, causal, seed):
     g = seeded(seed)
     d = h * d_k
@@ -187,14 +199,25 @@ def test_positional_encoding_matches_part_one_table():
     from mlscratch.numpy_transformer.embeddings import sinusoidal_positions as np_table
 
     for d in (1, 6, 7):
-        assert np.array_equal(layers.sinusoidal_positions(9, d, torch.float64).numpy(),
-                              np_table(9, d, np.float64))
+        assert np.array_equal(
+            layers.sinusoidal_positions(9, d, torch.float64).numpy(), np_table(9, d, np.float64)
+        )
 
 
-FORBIDDEN = [r"nn\.Linear", r"nn\.Embedding", r"nn\.LayerNorm", r"nn\.MultiheadAttention",
-             r"nn\.Transformer", r"\bF\.", r"torch\.nn\.functional", r"nn\.functional",
-             r"scaled_dot_product_attention", r"cross_entropy", r"nn\.Dropout",
-             r"import functional"]
+FORBIDDEN = [
+    r"nn\.Linear",
+    r"nn\.Embedding",
+    r"nn\.LayerNorm",
+    r"nn\.MultiheadAttention",
+    r"nn\.Transformer",
+    r"\bF\.",
+    r"torch\.nn\.functional",
+    r"nn\.functional",
+    r"scaled_dot_product_attention",
+    r"cross_entropy",
+    r"nn\.Dropout",
+    r"import functional",
+]
 
 
 def test_package_uses_no_torch_nn_layers():

@@ -18,8 +18,16 @@ from mlscratch.torch_transformer.model import (
     padding_mask,
 )
 
-TINY = dict(src_vocab_size=11, tgt_vocab_size=13, d_model=8, n_heads=2, d_ff=12, n_layers=2,
-            dropout=0.0, max_len=12)
+TINY = dict(
+    src_vocab_size=11,
+    tgt_vocab_size=13,
+    d_model=8,
+    n_heads=2,
+    d_ff=12,
+    n_layers=2,
+    dropout=0.0,
+    max_len=12,
+)
 
 
 def configs(min_d_k=1):
@@ -27,10 +35,24 @@ def configs(min_d_k=1):
     of one or two features makes the output (and so its gradient) pure rounding noise."""
     return st.builds(
         lambda h, d_k, d_ff, n, norm_first, sv, tv: TransformerConfig(
-            src_vocab_size=sv, tgt_vocab_size=tv, d_model=h * d_k, n_heads=h, d_ff=d_ff,
-            n_layers=n, dropout=0.0, max_len=10, norm_first=norm_first),
-        st.sampled_from([1, 2, 4]), st.integers(min_d_k, min_d_k + 3), st.integers(1, 16),
-        st.integers(1, 3), st.booleans(), st.integers(3, 20), st.integers(3, 20))
+            src_vocab_size=sv,
+            tgt_vocab_size=tv,
+            d_model=h * d_k,
+            n_heads=h,
+            d_ff=d_ff,
+            n_layers=n,
+            dropout=0.0,
+            max_len=10,
+            norm_first=norm_first,
+        ),
+        st.sampled_from([1, 2, 4]),
+        st.integers(min_d_k, min_d_k + 3),
+        st.integers(1, 16),
+        st.integers(1, 3),
+        st.booleans(),
+        st.integers(3, 20),
+        st.integers(3, 20),
+    )
 
 
 def padded_batch(g, B, S, T, config):
@@ -73,8 +95,7 @@ def compare_with_numpy(model, reference, src, tgt, g):
 def test_numpy_weights_in_torch_model_give_equal_logits_and_gradients(config, B, S, T, seed):
     g = torch.Generator().manual_seed(seed)
     reference = NumpyTransformer(config, seed=seed % 1000)
-    reference.load_state_dict(
-        {k: v.astype(np.float64) for k, v in reference.state_dict().items()})
+    reference.load_state_dict({k: v.astype(np.float64) for k, v in reference.state_dict().items()})
     model = load_numpy_state_dict(Transformer(config), reference.state_dict())
     assert all(p.dtype == torch.float64 for p in model.parameters())
     src, tgt = padded_batch(g, B, S, T, config)
@@ -110,6 +131,7 @@ def test_state_dict_keys_and_shapes_equal_the_numpy_model(norm_first):
 
 # ---- torch.nn references, float32 --------------------------------------------------
 
+
 def rel32(a, b):
     """max |a - b| / max(max |b|, 1) for float32 tensors."""
     return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
@@ -143,8 +165,15 @@ def randomize_norms(module, g):
 
 
 def nn_kwargs(config):
-    return dict(d_model=config.d_model, nhead=config.n_heads, dim_feedforward=config.d_ff,
-                dropout=0.0, activation="relu", batch_first=True, norm_first=config.norm_first)
+    return dict(
+        d_model=config.d_model,
+        nhead=config.n_heads,
+        dim_feedforward=config.d_ff,
+        dropout=0.0,
+        activation="relu",
+        batch_first=True,
+        norm_first=config.norm_first,
+    )
 
 
 @settings(max_examples=10, deadline=None)
@@ -180,16 +209,18 @@ def test_layers_equal_nn_transformer_encoder_and_decoder_layers(config, B, S, T,
     m1, m2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     tgt_mask = padding_mask(tgt, config.pad_id) & causal_mask(T)
     out1 = dec(y1, m1, tgt_mask, padding_mask(src, config.pad_id))
-    out2 = ref_dec(y2, m2, tgt_mask=blocked, tgt_key_padding_mask=tgt_pad,
-                   memory_key_padding_mask=src_pad)
+    out2 = ref_dec(
+        y2, m2, tgt_mask=blocked, tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad
+    )
     dy = torch.randn(out1.shape, generator=g)
     out1.backward(dy)
     out2.backward(dy)
     assert rel32(out1, out2) <= 1e-5
     assert rel32(y1.grad, y2.grad) <= 1e-5
     assert rel32(m1.grad, m2.grad) <= 1e-5
-    assert rel32(dec.cross_attn.w_o.weight.grad, ref_dec.multihead_attn.out_proj.weight.grad) \
-        <= 1e-5
+    assert (
+        rel32(dec.cross_attn.w_o.weight.grad, ref_dec.multihead_attn.out_proj.weight.grad) <= 1e-5
+    )
 
 
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
@@ -199,8 +230,9 @@ def test_whole_model_equals_nn_transformer_with_the_same_weights(config, B, S, T
     g = torch.Generator().manual_seed(seed)
     model = Transformer(config, seed=seed)
     randomize_norms(model, g)
-    ref = nn.Transformer(num_encoder_layers=config.n_layers, num_decoder_layers=config.n_layers,
-                         **nn_kwargs(config))
+    ref = nn.Transformer(
+        num_encoder_layers=config.n_layers, num_decoder_layers=config.n_layers, **nn_kwargs(config)
+    )
     for ours, theirs in zip(model.encoder.layers, ref.encoder.layers, strict=True):
         copy_layer(ours, theirs)
     for ours, theirs in zip(model.decoder.layers, ref.decoder.layers, strict=True):
@@ -216,10 +248,14 @@ def test_whole_model_equals_nn_transformer_with_the_same_weights(config, B, S, T
     def embed(ids, embedding, pos):
         return embedding.weight[ids] * config.d_model**0.5 + pos.pe[: ids.shape[1]].float()
 
-    h = ref(embed(src, model.src_embed, model.src_pos), embed(tgt, model.tgt_embed, model.tgt_pos),
-            tgt_mask=~causal_mask(T)[0, 0], src_key_padding_mask=src == config.pad_id,
-            tgt_key_padding_mask=tgt == config.pad_id,
-            memory_key_padding_mask=src == config.pad_id)
+    h = ref(
+        embed(src, model.src_embed, model.src_pos),
+        embed(tgt, model.tgt_embed, model.tgt_pos),
+        tgt_mask=~causal_mask(T)[0, 0],
+        src_key_padding_mask=src == config.pad_id,
+        tgt_key_padding_mask=tgt == config.pad_id,
+        memory_key_padding_mask=src == config.pad_id,
+    )
     expected = h @ model.tgt_embed.weight.T
     assert rel32(logits, expected) <= 1e-5
 
@@ -238,6 +274,7 @@ def test_dropout_is_seeded_and_off_in_eval():
 
 
 # ---- bad input -----------------------------------------------------------------------
+
 
 @pytest.fixture
 def model():

@@ -35,22 +35,41 @@ PAD, BOS, EOS = 0, 1, 2
 
 def random_pairs(n, seed=0, vocab=20, max_len=9):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
-             rng.integers(3, vocab, rng.integers(0, max_len)).tolist()) for _ in range(n)]
+    return [
+        (
+            rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
+            rng.integers(3, vocab, rng.integers(0, max_len)).tolist(),
+        )
+        for _ in range(n)
+    ]
 
 
 def small_model(dropout=0.0, dtype=torch.float32, seed=0, **kw):
-    config = TransformerConfig(**{**dict(src_vocab_size=20, tgt_vocab_size=20, d_model=16,
-                                         n_heads=2, d_ff=24, n_layers=1, dropout=dropout,
-                                         max_len=32), **kw})
+    config = TransformerConfig(
+        **{
+            **dict(
+                src_vocab_size=20,
+                tgt_vocab_size=20,
+                d_model=16,
+                n_heads=2,
+                d_ff=24,
+                n_layers=1,
+                dropout=dropout,
+                max_len=32,
+            ),
+            **kw,
+        }
+    )
     return Transformer(config, seed=seed, dtype=dtype)
 
 
 def trainer(model, pairs, out_dir=None, **kw):
-    config = TrainConfig(**{**dict(batch_tokens=40, warmup_iters=3, learning_rate=3e-3,
-                                   log_interval=2), **kw})
-    return Trainer(model, pairs, config, pad_id=PAD, bos_id=BOS, eos_id=EOS, out_dir=out_dir,
-                   progress=False)
+    config = TrainConfig(
+        **{**dict(batch_tokens=40, warmup_iters=3, learning_rate=3e-3, log_interval=2), **kw}
+    )
+    return Trainer(
+        model, pairs, config, pad_id=PAD, bos_id=BOS, eos_id=EOS, out_dir=out_dir, progress=False
+    )
 
 
 def load(path):
@@ -61,8 +80,15 @@ def load(path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 6), st.integers(2, 12), st.floats(0, 0.9),
-       st.booleans(), st.sampled_from([torch.float32, torch.float64]), st.integers(0, 10**6))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(2, 12),
+    st.floats(0, 0.9),
+    st.booleans(),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 10**6),
+)
 def test_loss_equals_torch_cross_entropy(B, T, V, smoothing, ignore, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(B, T, V, generator=g, dtype=dtype) * 3).requires_grad_()
@@ -70,9 +96,12 @@ def test_loss_equals_torch_cross_entropy(B, T, V, smoothing, ignore, dtype, seed
     targets[0, 0] = 1  # at least one target that is not padding
     ignore_index = 0 if ignore else None
     ours = label_smoothing_loss(logits, targets, smoothing, ignore_index)
-    theirs = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1),
-                             ignore_index=-100 if ignore_index is None else ignore_index,
-                             label_smoothing=smoothing)
+    theirs = F.cross_entropy(
+        logits.reshape(-1, V),
+        targets.reshape(-1),
+        ignore_index=-100 if ignore_index is None else ignore_index,
+        label_smoothing=smoothing,
+    )
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
     (g_ours,) = torch.autograd.grad(ours, logits)
@@ -108,8 +137,7 @@ def test_loss_refuses_bad_input():
 
 def test_adam_equals_torch_adam():
     g = torch.Generator().manual_seed(0)
-    ours = [torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_() for _ in
-            range(2)]
+    ours = [torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2)]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
     opt_ours = AdamW(ours, lr=1e-2, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
@@ -128,8 +156,9 @@ def test_adam_equals_torch_adam():
 def test_schedules_count_iterations_from_0_with_lr_schedules_warmup():
     w = 100
     # inverse_sqrt warms up exactly as lr_schedule does, peaks at it = w, then decays
-    assert all(inverse_sqrt_lr(it, 1e-3, w) == lr_schedule(it, 1e-3, w, 10 * w, 0.0)
-               for it in range(w + 1))
+    assert all(
+        inverse_sqrt_lr(it, 1e-3, w) == lr_schedule(it, 1e-3, w, 10 * w, 0.0) for it in range(w + 1)
+    )
     assert inverse_sqrt_lr(0, 1e-3, w) == pytest.approx(1e-3 / (w + 1))
     assert inverse_sqrt_lr(w, 1e-3, w) == pytest.approx(1e-3)
     assert inverse_sqrt_lr(4 * w, 1e-3, w) == pytest.approx(5e-4)
@@ -141,27 +170,36 @@ def test_schedules_count_iterations_from_0_with_lr_schedules_warmup():
     assert noam.lr_at(36, 64) == noam_lr(37, 64, w, 2.0)
     inv = TrainConfig(learning_rate=1e-3, warmup_iters=w)
     assert [inv.lr_at(it, 64) for it in range(300)] == [
-        inverse_sqrt_lr(it, 1e-3, w) for it in range(300)]
-    cos = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_iters=w, max_iters=1000,
-                      min_lr=1e-5)
+        inverse_sqrt_lr(it, 1e-3, w) for it in range(300)
+    ]
+    cos = TrainConfig(
+        schedule="cosine", learning_rate=1e-3, warmup_iters=w, max_iters=1000, min_lr=1e-5
+    )
     assert [cos.lr_at(it, 64) for it in range(1100)] == [
-        lr_schedule(it, 1e-3, w, 1000, 1e-5) for it in range(1100)]
+        lr_schedule(it, 1e-3, w, 1000, 1e-5) for it in range(1100)
+    ]
     early = TrainConfig(schedule="cosine", warmup_iters=w, max_iters=1000, lr_decay_iters=500)
     assert early.lr_at(500, 64) == early.min_lr == 0.0 and early.decay_iters == 500
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(schedule="linear"), "schedule"),
-    (dict(schedule="cosine"), "needs max_iters or lr_decay_iters"),
-    (dict(schedule="cosine", warmup_iters=10, max_iters=10), r"warmup_iters \(10\) must be"),
-    (dict(schedule="cosine", max_iters=2000, min_lr=1.0), "min_lr"),
-    (dict(batch_tokens=0), "batch_tokens"),
-    (dict(gradient_accumulation_steps=1.5), "gradient_accumulation_steps"),
-    (dict(learning_rate=0), "learning_rate"), (dict(label_smoothing=1), "label_smoothing"),
-    (dict(grad_clip=-1), "grad_clip"), (dict(max_iters=0), "max_iters"),
-    (dict(lr_decay_iters=0), "lr_decay_iters"), (dict(beta2=1.0), "beta2"),
-    (dict(log_interval=0), "log_interval"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(schedule="linear"), "schedule"),
+        (dict(schedule="cosine"), "needs max_iters or lr_decay_iters"),
+        (dict(schedule="cosine", warmup_iters=10, max_iters=10), r"warmup_iters \(10\) must be"),
+        (dict(schedule="cosine", max_iters=2000, min_lr=1.0), "min_lr"),
+        (dict(batch_tokens=0), "batch_tokens"),
+        (dict(gradient_accumulation_steps=1.5), "gradient_accumulation_steps"),
+        (dict(learning_rate=0), "learning_rate"),
+        (dict(label_smoothing=1), "label_smoothing"),
+        (dict(grad_clip=-1), "grad_clip"),
+        (dict(max_iters=0), "max_iters"),
+        (dict(lr_decay_iters=0), "lr_decay_iters"),
+        (dict(beta2=1.0), "beta2"),
+        (dict(log_interval=0), "log_interval"),
+    ],
+)
 def test_train_config_refuses_impossible_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
@@ -179,10 +217,20 @@ def test_accumulating_micro_batches_equals_one_big_batch(norm_first):
     pairs = random_pairs(24, seed=3)
     micro = token_batches(pairs, 40, PAD, BOS, EOS, seed=1)
     assert len(micro) >= 3
-    big = make_batch([(s, t) for b in micro for s, t in zip(
-        [[x for x in row if x != PAD] for row in b.src.tolist()],
-        [[x for x in row if x != PAD][:-1] for row in b.tgt_out.tolist()], strict=True)],
-        PAD, BOS, EOS)
+    big = make_batch(
+        [
+            (s, t)
+            for b in micro
+            for s, t in zip(
+                [[x for x in row if x != PAD] for row in b.src.tolist()],
+                [[x for x in row if x != PAD][:-1] for row in b.tgt_out.tolist()],
+                strict=True,
+            )
+        ],
+        PAD,
+        BOS,
+        EOS,
+    )
     results = []
     for batches in (micro, [big]):
         model = small_model(dtype=torch.float64, norm_first=norm_first)
@@ -211,8 +259,15 @@ def test_accumulation_steps_consume_micro_batches():
 def test_training_reduces_the_loss_and_logs(tmp_path):
     pairs = [(s, s[::-1]) for s, _ in random_pairs(64, seed=5, vocab=10, max_len=6)]
     model = small_model(d_model=32, n_heads=4, d_ff=64, n_layers=2)
-    t = trainer(model, pairs, tmp_path, batch_tokens=200, learning_rate=1e-2, warmup_iters=10,
-                log_interval=10)
+    t = trainer(
+        model,
+        pairs,
+        tmp_path,
+        batch_tokens=200,
+        learning_rate=1e-2,
+        warmup_iters=10,
+        log_interval=10,
+    )
     before = t.evaluate(pairs)
     t.train(max_iters=80)
     after = t.evaluate(pairs)
@@ -249,8 +304,11 @@ def run(steps_before_save, total, tmp_path, accumulation=2):
         t.save(tmp_path / "ckpt.pt")
         ckpt = load(tmp_path / "ckpt.pt")
         torch.manual_seed(1234)  # disturb the global generator: restore must undo it
-        t = trainer(small_model(dropout=0.2, seed=99), pairs,
-                    **train_config_from_dict(ckpt["train_config"]).__dict__)
+        t = trainer(
+            small_model(dropout=0.2, seed=99),
+            pairs,
+            **train_config_from_dict(ckpt["train_config"]).__dict__,
+        )
         t.restore(ckpt)
     t.train(max_iters=total)
     return t
@@ -261,8 +319,9 @@ def test_resuming_from_a_checkpoint_is_identical_to_an_uninterrupted_run(tmp_pat
     resumed = run(5, 12, tmp_path)
     assert straight.data.epoch >= 2
     assert straight.data.state_dict() == resumed.data.state_dict()
-    for (name, a), b in zip(straight.model.state_dict().items(),
-                            resumed.model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     losses = [r["train_loss"] for r in straight.history]
     assert losses == [r["train_loss"] for r in resumed.history]
@@ -281,8 +340,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert ckpt["config"] == asdict(t.model.config)
     assert train_config_from_dict(ckpt["train_config"]) == t.config
     model = model_from_checkpoint(ckpt)
-    for (name, a), b in zip(model.state_dict().items(), t.model.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(model.state_dict().items(), t.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -292,17 +350,18 @@ def test_corrupt_or_foreign_checkpoints_raise_one_line_errors(tmp_path):
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    save_checkpoint({"weights": torch.zeros(2)}, tmp_path / "other.pt",
-                    checkpoint_format("gpt", 1))
+    save_checkpoint({"weights": torch.zeros(2)}, tmp_path / "other.pt", checkpoint_format("gpt", 1))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "untagged.pt")
     ckpt = load(tmp_path / "good.pt")
     del ckpt["optimizer"]
     torch.save(ckpt, tmp_path / "partial.pt")
-    for name, message in [("truncated.pt", "truncated.pt is not a readable checkpoint"),
-                          ("garbage.pt", "garbage.pt is not a readable checkpoint"),
-                          ("other.pt", "is a mlscratch-gpt-checkpoint-v1 file"),
-                          ("untagged.pt", "is not an mlscratch checkpoint"),
-                          ("partial.pt", "it lacks ['optimizer']")]:
+    for name, message in [
+        ("truncated.pt", "truncated.pt is not a readable checkpoint"),
+        ("garbage.pt", "garbage.pt is not a readable checkpoint"),
+        ("other.pt", "is a mlscratch-gpt-checkpoint-v1 file"),
+        ("untagged.pt", "is not an mlscratch checkpoint"),
+        ("partial.pt", "it lacks ['optimizer']"),
+    ]:
         with pytest.raises(ValueError) as err:
             load(tmp_path / name)
         assert message in str(err.value) and "\n" not in str(err.value)

@@ -12,8 +12,11 @@ import regex
 from tqdm import tqdm
 
 # The 256 single-byte tokens in GPT-2's order: printable bytes first, then the others.
-_PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-              *range(ord("®"), ord("ÿ") + 1)]
+_PRINTABLE = [
+    *range(ord("!"), ord("~") + 1),
+    *range(ord("¡"), ord("¬") + 1),
+    *range(ord("®"), ord("ÿ") + 1),
+]
 BYTE_ORDER = _PRINTABLE + [b for b in range(256) if b not in _PRINTABLE]
 BYTE_ID = [BYTE_ORDER.index(b) for b in range(256)]  # byte value -> token id
 
@@ -117,9 +120,9 @@ def compile_pattern(pattern):
 _S, _L, _N = r"\t\n\x0b\x0c\r ", "A-Za-z", "0-9"  # \s, \p{L}, \p{N} restricted to ASCII
 ASCII_PATTERNS = {
     "gpt2": rf"'(?:[sdmt]|ll|ve|re)| ?[{_L}]+| ?[{_N}]+| ?[^{_S}{_L}{_N}]+"
-            rf"|[{_S}]+(?![^{_S}])|[{_S}]+",
+    rf"|[{_S}]+(?![^{_S}])|[{_S}]+",
     "gpt4": rf"'(?i:[sdmt]|ll|ve|re)|[^\r\n{_L}{_N}]?[{_L}]+|[{_N}]{{1,3}}"
-            rf"| ?[^{_S}{_L}{_N}]+[\r\n]*|[{_S}]*[\r\n]|[{_S}]+(?![^{_S}])|[{_S}]+",
+    rf"| ?[^{_S}{_L}{_N}]+[\r\n]*|[{_S}]*[\r\n]|[{_S}]+(?![^{_S}])|[{_S}]+",
 }
 
 
@@ -252,8 +255,9 @@ class PairCounts:
         a, b = key >> SHIFT, key & MASK
         created, removed = set(), 0
         for i in self.where.pop(key):
-            ids = _merge_word(self.words[i], a, b, new, self.freqs[i], self.counts, self.where,
-                              i, created)
+            ids = _merge_word(
+                self.words[i], a, b, new, self.freqs[i], self.counts, self.where, i, created
+            )
             removed += self.freqs[i] * (len(self.words[i]) - len(ids))
             self.words[i] = ids
         del self.counts[key]

@@ -22,8 +22,11 @@ def check_config(config):
         raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
     if n_kv_head < 1 or config.n_head % n_kv_head:
         raise ValueError(f"n_head ({config.n_head}) must be divisible by n_kv_head ({n_kv_head})")
-    choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-               "mlp": ("gelu", "swiglu")}
+    choices = {
+        "pos": ("learned", "rope"),
+        "norm": ("layernorm", "rmsnorm"),
+        "mlp": ("gelu", "swiglu"),
+    }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
@@ -70,8 +73,9 @@ class GPTConfig:
     @classmethod
     def llama(cls, **kwargs):
         """A configuration with all of Llama's switches on (override any of them)."""
-        options = dict(pos="rope", norm="rmsnorm", mlp="swiglu", tie_weights=False,
-                       bias=False, norm_eps=1e-6)
+        options = dict(
+            pos="rope", norm="rmsnorm", mlp="swiglu", tie_weights=False, bias=False, norm_eps=1e-6
+        )
         options.update(kwargs)
         return cls(**options)
 
@@ -256,8 +260,9 @@ def cross_entropy(logits, targets, ignore_index=-1):
 def next_token_loss(logits, targets, fused=False):
     """Cross-entropy of logits (B, T, V) against targets (B, T), -1 ignored."""
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets must have idx's shape {tuple(logits.shape[:-1])}, "
-                         f"got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must have idx's shape {tuple(logits.shape[:-1])}, got {tuple(targets.shape)}"
+        )
     ce = F.cross_entropy if fused else cross_entropy
     return ce(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
 
@@ -265,19 +270,24 @@ def next_token_loss(logits, targets, fused=False):
 def check_ids(idx, config, past=0):
     """Raise unless idx is a (B, T) int tensor of ids in [0, vocab_size) and past + T fits."""
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"idx must be an int64 tensor of token ids, got "
-                        f"{getattr(idx, 'dtype', type(idx).__name__)}")
+        raise TypeError(
+            f"idx must be an int64 tensor of token ids, got "
+            f"{getattr(idx, 'dtype', type(idx).__name__)}"
+        )
     if idx.ndim != 2 or idx.shape[1] == 0 or idx.shape[0] == 0:
         raise ValueError(f"idx must have shape (B, T) with B, T >= 1, got {tuple(idx.shape)}")
     if past + idx.shape[1] > config.block_size:
-        raise ValueError(f"sequence of {past + idx.shape[1]} tokens is longer than the "
-                         f"context, block_size={config.block_size}")
+        raise ValueError(
+            f"sequence of {past + idx.shape[1]} tokens is longer than the "
+            f"context, block_size={config.block_size}"
+        )
     if torch.compiler.is_compiling():  # reading values would split a compiled graph
         return
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= config.vocab_size:
-        raise ValueError(f"token ids must be in [0, {config.vocab_size}), "
-                         f"got values in [{lo}, {hi}]")
+        raise ValueError(
+            f"token ids must be in [0, {config.vocab_size}), got values in [{lo}, {hi}]"
+        )
 
 
 def filter_logits(logits, top_k=None, top_p=None):
@@ -309,8 +319,7 @@ def check_sampling(config, max_new_tokens, temperature, top_k, top_p, eos_id):
 
 
 @torch.no_grad()
-def token_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
-                 use_cache):
+def token_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache):
     """Yield (B,) new tokens one step at a time (see GPT.generate)."""
     generator = torch.Generator(device=idx.device)
     if seed is not None:
@@ -341,15 +350,21 @@ def token_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eo
 def config_from_gpt2(hf_config):
     """A GPTConfig equal to a transformers GPT2Config."""
     if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"GPT-2 activation must be the tanh GELU, "
-                         f"got {hf_config.activation_function!r}")
+        raise ValueError(
+            f"GPT-2 activation must be the tanh GELU, got {hf_config.activation_function!r}"
+        )
     if hf_config.scale_attn_by_inverse_layer_idx or not hf_config.scale_attn_weights:
         raise ValueError("only GPT-2's standard 1/sqrt(d) attention scaling is supported")
-    return GPTConfig(vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions,
-                     n_layer=hf_config.n_layer, n_head=hf_config.n_head,
-                     n_embd=hf_config.n_embd, n_hidden=hf_config.n_inner,
-                     norm_eps=hf_config.layer_norm_epsilon,
-                     tie_weights=hf_config.tie_word_embeddings)
+    return GPTConfig(
+        vocab_size=hf_config.vocab_size,
+        block_size=hf_config.n_positions,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+        n_hidden=hf_config.n_inner,
+        norm_eps=hf_config.layer_norm_epsilon,
+        tie_weights=hf_config.tie_word_embeddings,
+    )
 
 
 def config_from_llama(hf_config):
@@ -365,12 +380,18 @@ def config_from_llama(hf_config):
         raise ValueError(f"only default RoPE is supported, got {rope.get('rope_type')!r}")
     theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
     return GPTConfig.llama(
-        vocab_size=hf_config.vocab_size, block_size=hf_config.max_position_embeddings,
-        n_layer=hf_config.num_hidden_layers, n_head=hf_config.num_attention_heads,
-        n_kv_head=hf_config.num_key_value_heads, n_embd=hf_config.hidden_size,
-        n_hidden=hf_config.intermediate_size, norm_eps=hf_config.rms_norm_eps,
-        rope_theta=theta, bias=hf_config.attention_bias,
-        tie_weights=hf_config.tie_word_embeddings)
+        vocab_size=hf_config.vocab_size,
+        block_size=hf_config.max_position_embeddings,
+        n_layer=hf_config.num_hidden_layers,
+        n_head=hf_config.num_attention_heads,
+        n_kv_head=hf_config.num_key_value_heads,
+        n_embd=hf_config.hidden_size,
+        n_hidden=hf_config.intermediate_size,
+        norm_eps=hf_config.rms_norm_eps,
+        rope_theta=theta,
+        bias=hf_config.attention_bias,
+        tie_weights=hf_config.tie_word_embeddings,
+    )
 
 
 def config_from_hf(hf_config):
@@ -385,10 +406,12 @@ def config_from_hf(hf_config):
 
 def gpt2_layout(config):
     """{hf_name: (our_name, start, stop, transposed)} for a transformers GPT2LMHeadModel."""
-    layout = {"transformer.wte.weight": ("wte", 0, None, False),
-              "transformer.wpe.weight": ("wpe", 0, None, False),
-              "transformer.ln_f.weight": ("ln_f.weight", 0, None, False),
-              "transformer.ln_f.bias": ("ln_f.bias", 0, None, False)}
+    layout = {
+        "transformer.wte.weight": ("wte", 0, None, False),
+        "transformer.wpe.weight": ("wpe", 0, None, False),
+        "transformer.ln_f.weight": ("ln_f.weight", 0, None, False),
+        "transformer.ln_f.bias": ("ln_f.bias", 0, None, False),
+    }
     for i in range(config.n_layer):
         for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             conv = not part.startswith("ln")  # Conv1D: weight stored (d_in, d_out)
@@ -401,16 +424,22 @@ def gpt2_layout(config):
 
 def llama_layout(config):
     """{hf_name: (our_name, start, stop, transposed)} for a transformers LlamaForCausalLM."""
-    layout = {"model.embed_tokens.weight": ("wte", 0, None, False),
-              "model.norm.weight": ("ln_f.weight", 0, None, False)}
+    layout = {
+        "model.embed_tokens.weight": ("wte", 0, None, False),
+        "model.norm.weight": ("ln_f.weight", 0, None, False),
+    }
     if not config.tie_weights:
         layout["lm_head.weight"] = ("lm_head", 0, None, False)
     q_rows, kv_rows = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
-    parts = {"self_attn.q_proj": ("attn.c_attn", 0, q_rows),  # c_attn stacks q, k, v
-             "self_attn.k_proj": ("attn.c_attn", q_rows, q_rows + kv_rows),
-             "self_attn.v_proj": ("attn.c_attn", q_rows + kv_rows, q_rows + 2 * kv_rows),
-             "self_attn.o_proj": ("attn.c_proj", 0, None), "mlp.gate_proj": ("mlp.c_gate", 0, None),
-             "mlp.up_proj": ("mlp.c_fc", 0, None), "mlp.down_proj": ("mlp.c_proj", 0, None)}
+    parts = {
+        "self_attn.q_proj": ("attn.c_attn", 0, q_rows),  # c_attn stacks q, k, v
+        "self_attn.k_proj": ("attn.c_attn", q_rows, q_rows + kv_rows),
+        "self_attn.v_proj": ("attn.c_attn", q_rows + kv_rows, q_rows + 2 * kv_rows),
+        "self_attn.o_proj": ("attn.c_proj", 0, None),
+        "mlp.gate_proj": ("mlp.c_gate", 0, None),
+        "mlp.up_proj": ("mlp.c_fc", 0, None),
+        "mlp.down_proj": ("mlp.c_proj", 0, None),
+    }
     for i in range(config.n_layer):
         hf, us = f"model.layers.{i}.", f"h.{i}."
         layout[hf + "input_layernorm.weight"] = (us + "ln_1.weight", 0, None, False)
@@ -436,11 +465,15 @@ def hf_state(model_or_state_dict, config=None):
     elif isinstance(model_or_state_dict, dict):
         state = model_or_state_dict
         if config is None:
-            raise ValueError("a state dict needs its config (n_head is not in the shapes): "
-                             "from_hf(state_dict, config)")
+            raise ValueError(
+                "a state dict needs its config (n_head is not in the shapes): "
+                "from_hf(state_dict, config)"
+            )
     else:
-        raise TypeError(f"expected a transformers model or a state dict, "
-                        f"got {type(model_or_state_dict).__name__}")
+        raise TypeError(
+            f"expected a transformers model or a state dict, "
+            f"got {type(model_or_state_dict).__name__}"
+        )
     kind = "gpt2" if any(k.startswith("transformer.") for k in state) else "llama"
     if not isinstance(config, GPTConfig):
         config = config_from_hf(config)
@@ -452,8 +485,9 @@ def load_hf_state(model, state, kind):
     """Copy a transformers state dict into model, or raise naming each tensor that misfits."""
     config = model.config
     layout, ours = hf_layout(config, kind), dict(model.named_parameters())
-    optional = {k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))
-                and k not in layout}  # GPT-2's causal-mask buffers
+    optional = {
+        k for k in state if k.endswith((".attn.bias", ".attn.masked_bias")) and k not in layout
+    }  # GPT-2's causal-mask buffers
     if config.tie_weights:
         optional.add("lm_head.weight")
     missing = sorted(set(layout) - set(state))
@@ -466,13 +500,17 @@ def load_hf_state(model, state, kind):
         target = ours[name][start:stop]
         if t.shape != target.shape:
             shape = tuple(target.shape)
-            wrong.append(f"{hf_name}: got {tuple(state[hf_name].shape)}, "
-                         f"expected {shape[::-1] if transposed else shape}")
+            wrong.append(
+                f"{hf_name}: got {tuple(state[hf_name].shape)}, "
+                f"expected {shape[::-1] if transposed else shape}"
+            )
         elif not missing:
             target.copy_(t)
     if missing or unexpected or wrong:
-        raise ValueError(f"state dict does not fit {kind} {config}: missing {missing}, "
-                         f"unexpected {unexpected}, mis-shaped {wrong}")
+        raise ValueError(
+            f"state dict does not fit {kind} {config}: missing {missing}, "
+            f"unexpected {unexpected}, mis-shaped {wrong}"
+        )
 
 
 class GPT(nn.Module):
@@ -518,13 +556,14 @@ class GPT(nn.Module):
         return [{} for _ in self.h]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 eos_id=None, stream=False, use_cache=True):
+                 eos_id=None, stream=False, use_cache=True):  # fmt: skip
         """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + n), or an
         iterator of (B,) tokens with stream=True. use_cache=False recomputes every step."""
         check_ids(idx, self.config)
         check_sampling(self.config, max_new_tokens, temperature, top_k, top_p, eos_id)
-        tokens = token_stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed,
-                              eos_id, use_cache)
+        tokens = token_stream(
+            self, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache
+        )
         return tokens if stream else torch.cat([idx, *(t[:, None] for t in tokens)], dim=1)
 
     @classmethod
@@ -564,8 +603,7 @@ def fused_attention(q, k, v, p):
     T, Tk = q.shape[2], k.shape[2]
     gqa = k.shape[1] != q.shape[1]
     if T == Tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
-                                              enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
     mask = None if T == 1 else torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=gqa)
 

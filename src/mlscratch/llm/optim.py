@@ -70,8 +70,10 @@ def configure_param_groups(model, weight_decay, no_decay_names=("wte", "wpe")):
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 @torch.no_grad()
@@ -96,8 +98,9 @@ def clip_grad_norm(params, max_norm):
 def lr_schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
     """Learning rate at iteration it: linear warmup, cosine decay to min_lr, then flat."""
     if not 0 <= warmup_iters < lr_decay_iters:
-        raise ValueError(f"need 0 <= warmup_iters < lr_decay_iters, "
-                         f"got {warmup_iters} and {lr_decay_iters}")
+        raise ValueError(
+            f"need 0 <= warmup_iters < lr_decay_iters, got {warmup_iters} and {lr_decay_iters}"
+        )
     if not 0 <= min_lr <= learning_rate:
         raise ValueError(f"need 0 <= min_lr <= learning_rate, got {min_lr} and {learning_rate}")
     if it < warmup_iters:

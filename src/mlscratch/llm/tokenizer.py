@@ -84,8 +84,10 @@ def special_names(names, special_tokens, argument):
     names = set(names)
     unknown = sorted(names - set(special_tokens))
     if unknown:
-        raise ValueError(f"{argument} names unknown special tokens {unknown}; "
-                         f"this tokenizer has {sorted(special_tokens)}")
+        raise ValueError(
+            f"{argument} names unknown special tokens {unknown}; "
+            f"this tokenizer has {sorted(special_tokens)}"
+        )
     return names
 
 
@@ -126,10 +128,11 @@ def join_token_bytes(token_bytes, ids):
     ids = list(ids)
     try:
         if ids and (min(ids) < 0 or max(ids) >= len(token_bytes)):
-            position, bad = next((p, i) for p, i in enumerate(ids)
-                                 if not 0 <= i < len(token_bytes))
-            raise ValueError(f"token id {bad} at position {position} is outside the "
-                             f"vocabulary (ids 0..{len(token_bytes) - 1})")
+            position, bad = next((p, i) for p, i in enumerate(ids) if not 0 <= i < len(token_bytes))
+            raise ValueError(
+                f"token id {bad} at position {position} is outside the "
+                f"vocabulary (ids 0..{len(token_bytes) - 1})"
+            )
         return b"".join(map(token_bytes.__getitem__, ids))
     except TypeError:
         raise TypeError(f"token ids must be integers, got {ids[:5]!r}...") from None
@@ -162,13 +165,15 @@ class ByteLevelBPE:
             return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
         except UnicodeEncodeError:  # lone surrogates: replace them, as tiktoken does
             return self.encode_ordinary(
-                text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+                text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            )
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
         """Token ids of text. Special-token text raises unless allowed (tiktoken's policy)."""
         ids = []
-        for part, special in split_specials(text, self.special_tokens, allowed_special,
-                                            disallowed_special):
+        for part, special in split_specials(
+            text, self.special_tokens, allowed_special, disallowed_special
+        ):
             ids += self.encode_ordinary(part) + special
         return ids
 
@@ -267,11 +272,14 @@ def read_tokenizer_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not a tokenizer file: not UTF-8 text "
-                         f"(byte offset {err.start})") from None
+        raise ValueError(
+            f"{path} is not a tokenizer file: not UTF-8 text (byte offset {err.start})"
+        ) from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not a tokenizer file: invalid JSON at line "
-                         f"{err.lineno}, column {err.colno} (truncated?)") from None
+        raise ValueError(
+            f"{path} is not a tokenizer file: invalid JSON at line "
+            f"{err.lineno}, column {err.colno} (truncated?)"
+        ) from None
 
 
 def check_tokenizer_body(body, source):
@@ -297,8 +305,7 @@ class BPETokenizer(ByteLevelBPE):
     """A byte-level BPE tokenizer that is trained, saved, loaded and converted to tiktoken."""
 
     @classmethod
-    def train(cls, text_or_iterable, vocab_size, pattern="gpt4", special_tokens=(),
-              progress=False):
+    def train(cls, text_or_iterable, vocab_size, pattern="gpt4", special_tokens=(), progress=False):
         """Learn vocab_size - 256 - len(special_tokens) merges from a string or strings.
 
         An iterable (such as an open file) is treated as the text its items join into,
@@ -308,8 +315,11 @@ class BPETokenizer(ByteLevelBPE):
         merges = learn_merges(text_or_iterable, vocab_size, pattern, specials, progress)
         tokenizer = cls(merges, pattern, specials)
         if tokenizer.vocab_size < vocab_size:
-            warnings.warn(f"the corpus only supports {tokenizer.vocab_size} tokens (every "
-                          f"pre-token is a single token); asked for {vocab_size}", stacklevel=2)
+            warnings.warn(
+                f"the corpus only supports {tokenizer.vocab_size} tokens (every "
+                f"pre-token is a single token); asked for {vocab_size}",
+                stacklevel=2,
+            )
         return tokenizer
 
     def to_dict(self):
@@ -324,8 +334,9 @@ class BPETokenizer(ByteLevelBPE):
             raise ValueError(f"{source} is invalid: {err}") from None
 
     def save(self, path):
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n",
-                              encoding="utf-8")
+        Path(path).write_text(
+            json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, path):
@@ -335,10 +346,16 @@ class BPETokenizer(ByteLevelBPE):
         """A tiktoken.Encoding with this tokenizer's ranks, pattern and special tokens."""
         import tiktoken
 
-        return tiktoken.Encoding(name, pat_str=PATTERNS.get(self.pattern, self.pattern),
-                                 mergeable_ranks=self.ranks, special_tokens=self.special_tokens,
-                                 explicit_n_vocab=self.vocab_size)
+        return tiktoken.Encoding(
+            name,
+            pat_str=PATTERNS.get(self.pattern, self.pattern),
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special_tokens,
+            explicit_n_vocab=self.vocab_size,
+        )
 
     def __repr__(self):
-        return (f"BPETokenizer(vocab_size={self.vocab_size}, pattern={self.pattern!r}, "
-                f"special_tokens={list(self.special_tokens)})")
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, pattern={self.pattern!r}, "
+            f"special_tokens={list(self.special_tokens)})"
+        )

@@ -11,8 +11,10 @@ from mlscratch.llm.tokenizer import BPETokenizer, read_chunks
 
 
 def build_parser():
-    parser = Parser(prog="mlscratch tokenizer",
-                     description="Train a byte-level BPE tokenizer, encode or decode text.")
+    parser = Parser(
+        prog="mlscratch tokenizer",
+        description="Train a byte-level BPE tokenizer, encode or decode text.",
+    )
     actions = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
     train = actions.add_parser("train", help="learn a tokenizer from a UTF-8 text file")
     train.add_argument("--data", required=True, help="UTF-8 text file to learn from")
@@ -26,8 +28,13 @@ def build_parser():
     source = encode.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the text to encode")
     source.add_argument("--data", help="a UTF-8 file to encode")
-    encode.add_argument("--allowed_special", nargs="*", default=[], metavar="TOKEN",
-                        help="special tokens to encode as such ('all' for every one)")
+    encode.add_argument(
+        "--allowed_special",
+        nargs="*",
+        default=[],
+        metavar="TOKEN",
+        help="special tokens to encode as such ('all' for every one)",
+    )
     decode = actions.add_parser("decode", help="print the text of token ids")
     decode.add_argument("--tokenizer", required=True, help="tokenizer file")
     source = decode.add_mutually_exclusive_group(required=True)
@@ -39,8 +46,13 @@ def build_parser():
 def _train(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tok = BPETokenizer.train(read_chunks(args.data), args.vocab_size, args.pattern,
-                                 args.special_tokens, progress=not args.quiet)
+        tok = BPETokenizer.train(
+            read_chunks(args.data),
+            args.vocab_size,
+            args.pattern,
+            args.special_tokens,
+            progress=not args.quiet,
+        )
     tok.save(args.out)
     note = "" if tok.vocab_size == args.vocab_size else " (all that the data supports)"
     print(f"wrote {args.out}: {tok.vocab_size} tokens{note}, pattern {args.pattern}")

@@ -49,8 +49,7 @@ def compare_gradients(loss, arrays, analytic, h=1e-6):
     numeric = {name: numerical_gradient(loss, x, h) for name, x in arrays.items()}
     largest = max((np.abs(g).max(initial=0.0) for g in numeric.values()), default=0.0)
     return {
-        name: relative_error(analytic[name], numeric[name], floor=1e-3 * largest)
-        for name in arrays
+        name: relative_error(analytic[name], numeric[name], floor=1e-3 * largest) for name in arrays
     }
 
 

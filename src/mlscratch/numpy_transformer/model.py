@@ -138,9 +138,7 @@ def check_ids(name, ids, vocab_size, max_len):
     if ids.shape[1] > max_len:
         raise ValueError(f"{name} has length {ids.shape[1]}, more than max_len {max_len}")
     if ids.min() < 0 or ids.max() >= vocab_size:
-        raise ValueError(
-            f"{name} ids must lie in [0, {vocab_size}), got {ids.min()}..{ids.max()}"
-        )
+        raise ValueError(f"{name} ids must lie in [0, {vocab_size}), got {ids.min()}..{ids.max()}")
 
 
 class Transformer(Module):
@@ -183,8 +181,8 @@ class Transformer(Module):
     def backward(self, dlogits):
         """Fill every parameter's gradient from dL/dlogits (B, T, V)."""
         E = self.tgt_embed.params["weight"]  # (V, d_model)
-        self.tgt_embed.dparams["weight"] += (
-            dlogits.reshape(-1, E.shape[0]).T @ self.h.reshape(-1, E.shape[1])
+        self.tgt_embed.dparams["weight"] += dlogits.reshape(-1, E.shape[0]).T @ self.h.reshape(
+            -1, E.shape[1]
         )
         dy, dmemory = self.decoder.backward(dlogits @ E)
         self.tgt_embed.backward(self.tgt_pos.backward(dy))

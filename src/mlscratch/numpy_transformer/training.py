@@ -27,9 +27,7 @@ class LabelSmoothingLoss:
             raise ValueError(f"targets {targets.shape} must match logits {logits.shape[:-1]}")
         V = logits.shape[-1]
         if targets.size and (targets.min() < 0 or targets.max() >= V):
-            raise ValueError(
-                f"targets must lie in [0, {V}), got {targets.min()}..{targets.max()}"
-            )
+            raise ValueError(f"targets must lie in [0, {V}), got {targets.min()}..{targets.max()}")
         keep = np.ones(targets.shape, bool)
         if self.ignore_index is not None:
             keep = targets != self.ignore_index
@@ -166,9 +164,24 @@ def evaluate(model, batches):
     return {"loss": total / tokens, "token_acc": correct / tokens, "seq_acc": perfect / sentences}
 
 
-def fit(model, train_pairs, *, steps, batch_size, bos_id, eos_id, warmup=400, factor=1.0,
-        cooldown=0.0, smoothing=0.1, max_norm=1.0, seed=0, val_pairs=None, eval_every=100,
-        progress=True):
+def fit(
+    model,
+    train_pairs,
+    *,
+    steps,
+    batch_size,
+    bos_id,
+    eos_id,
+    warmup=400,
+    factor=1.0,
+    cooldown=0.0,
+    smoothing=0.1,
+    max_norm=1.0,
+    seed=0,
+    val_pairs=None,
+    eval_every=100,
+    progress=True,
+):
     """Train with Adam and the warmup schedule; returns a list of per-step records.
 
     With cooldown > 0 the learning rate also falls linearly to zero over that final

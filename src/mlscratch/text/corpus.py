@@ -7,14 +7,15 @@ import sysconfig
 from pathlib import Path
 
 # Pure-Python modules present as plain files in Python 3.10 to 3.13, in reading order.
-DEFAULT_CORPUS_FILES = (
-    "argparse.py", "ast.py", "bisect.py", "calendar.py", "collections/__init__.py",
-    "configparser.py", "contextlib.py", "copy.py", "csv.py", "dataclasses.py", "difflib.py",
-    "doctest.py", "enum.py", "fractions.py", "functools.py", "gettext.py", "heapq.py",
-    "http/client.py", "inspect.py", "json/__init__.py", "json/decoder.py", "json/encoder.py",
-    "logging/__init__.py", "optparse.py", "pickle.py", "pprint.py", "random.py", "shutil.py",
-    "statistics.py", "string.py", "subprocess.py", "tarfile.py", "tempfile.py", "textwrap.py",
-    "threading.py", "typing.py", "unittest/case.py",
+DEFAULT_CORPUS_FILES = tuple(
+    """
+    argparse.py ast.py bisect.py calendar.py collections/__init__.py configparser.py
+    contextlib.py copy.py csv.py dataclasses.py difflib.py doctest.py enum.py
+    fractions.py functools.py gettext.py heapq.py http/client.py inspect.py
+    json/__init__.py json/decoder.py json/encoder.py logging/__init__.py optparse.py
+    pickle.py pprint.py random.py shutil.py statistics.py string.py subprocess.py
+    tarfile.py tempfile.py textwrap.py threading.py typing.py unittest/case.py
+    """.split()
 )
 
 

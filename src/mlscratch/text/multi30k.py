@@ -57,8 +57,9 @@ def load_multi30k(directory, splits=SPLITS, src_lang="en", tgt_lang="de"):
     """{split: [(source sentence, target sentence), ...]} read from directory."""
     if directory is None or not Path(directory).is_dir():
         raise FileNotFoundError(f"Multi30k directory {directory} does not exist")
-    paths = {(s, lang): find_file(directory, s, lang)
-             for s in splits for lang in (src_lang, tgt_lang)}
+    paths = {
+        (s, lang): find_file(directory, s, lang) for s in splits for lang in (src_lang, tgt_lang)
+    }
     missing = [f"{s}.{lang}[.gz]" for (s, lang), path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(f"Multi30k files missing in {directory}: {', '.join(missing)}")
@@ -67,8 +68,10 @@ def load_multi30k(directory, splits=SPLITS, src_lang="en", tgt_lang="de"):
         src_path, tgt_path = paths[split, src_lang], paths[split, tgt_lang]
         src, tgt = read_lines(src_path), read_lines(tgt_path)
         if len(src) != len(tgt):
-            raise ValueError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
-                             f"the two sides of {split!r} must be parallel")
+            raise ValueError(
+                f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
+                f"the two sides of {split!r} must be parallel"
+            )
         data[split] = list(zip(src, tgt, strict=True))
     return data
 
@@ -85,17 +88,21 @@ def special_ids(tokenizer, special_tokens=SPECIAL_TOKENS):
     """(pad_id, bos_id, eos_id) of a tokenizer trained with those special tokens."""
     missing = [t for t in special_tokens if t not in tokenizer.special_tokens]
     if missing:
-        raise ValueError(f"the tokenizer lacks the special tokens {missing}; it has "
-                         f"{sorted(tokenizer.special_tokens)}")
+        raise ValueError(
+            f"the tokenizer lacks the special tokens {missing}; it has "
+            f"{sorted(tokenizer.special_tokens)}"
+        )
     pad, bos, eos = special_tokens
-    return (tokenizer.special_tokens[pad], tokenizer.special_tokens[bos],
-            tokenizer.special_tokens[eos])
+    return (
+        tokenizer.special_tokens[pad],
+        tokenizer.special_tokens[bos],
+        tokenizer.special_tokens[eos],
+    )
 
 
 def encode_pairs(tokenizer, pairs):
     """[(source ids, target ids)] with no special tokens (batching adds <s> and </s>)."""
-    return [(tokenizer.encode_ordinary(src), tokenizer.encode_ordinary(tgt))
-            for src, tgt in pairs]
+    return [(tokenizer.encode_ordinary(src), tokenizer.encode_ordinary(tgt)) for src, tgt in pairs]
 
 
 def decode_ids(tokenizer, ids, eos_id=None):

@@ -8,8 +8,8 @@ from mlscratch.torch_transformer.batching import make_batch, token_batches
 from mlscratch.torch_transformer.decoding import beam_search, greedy_decode, translate
 from mlscratch.torch_transformer.model import Transformer
 from mlscratch.torch_transformer.training import (
-    Trainer,
     TrainConfig,
+    Trainer,
     label_smoothing_loss,
     model_from_checkpoint,
 )

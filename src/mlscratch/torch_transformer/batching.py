@@ -29,10 +29,13 @@ def pad(seqs, pad_id):
 
 def make_batch(pairs, pad_id, bos_id, eos_id):
     """One Batch from (source ids, target ids) pairs."""
-    return Batch(pad([s for s, _ in pairs], pad_id),
-                 pad([[bos_id, *t] for _, t in pairs], pad_id),
-                 pad([[*t, eos_id] for _, t in pairs], pad_id),
-                 sum(len(t) + 1 for _, t in pairs), sum(len(s) for s, _ in pairs))
+    return Batch(
+        pad([s for s, _ in pairs], pad_id),
+        pad([[bos_id, *t] for _, t in pairs], pad_id),
+        pad([[*t, eos_id] for _, t in pairs], pad_id),
+        sum(len(t) + 1 for _, t in pairs),
+        sum(len(s) for s, _ in pairs),
+    )
 
 
 def token_batches(pairs, batch_tokens, pad_id, bos_id, eos_id, seed=None):
@@ -48,8 +51,9 @@ def token_batches(pairs, batch_tokens, pad_id, bos_id, eos_id, seed=None):
     lengths = np.array([max(len(s), len(t) + 1) for s, t in pairs])  # +1: <s> or </s>
     if lengths.max() > batch_tokens:
         i = int(lengths.argmax())
-        raise ValueError(f"pair {i} alone needs {lengths[i]} tokens, more than "
-                         f"batch_tokens={batch_tokens}")
+        raise ValueError(
+            f"pair {i} alone needs {lengths[i]} tokens, more than batch_tokens={batch_tokens}"
+        )
     rng = None if seed is None else np.random.default_rng(seed)
     order = np.arange(len(pairs)) if rng is None else rng.permutation(len(pairs))
     order = order[np.argsort(lengths[order], kind="stable")]  # by length, ties at random

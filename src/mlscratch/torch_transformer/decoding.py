@@ -28,9 +28,10 @@ class DecoderState:
 
     def __init__(self, model, memory, src_mask):
         self.model, self.src_mask = model, src_mask  # (N, S, d_model), (N, 1, 1, S)
-        self.cross = [layer.cross_attn.project(memory, (layer.cross_attn.w_k,
-                                                        layer.cross_attn.w_v))
-                      for layer in model.decoder.layers]  # per layer: (N, h, S, d_k) x 2
+        self.cross = [
+            layer.cross_attn.project(memory, (layer.cross_attn.w_k, layer.cross_attn.w_v))
+            for layer in model.decoder.layers
+        ]  # per layer: (N, h, S, d_k) x 2
         self.keys = [None] * len(model.decoder.layers)  # per layer: (N, h, t, d_k)
         self.values = [None] * len(model.decoder.layers)
         self.mask = None  # (N, 1, 1, t): True where the prefix token is not padding
@@ -142,8 +143,9 @@ def beam_search(model, src, bos_id, eos_id, beam_size=4, alpha=0.6, max_len=None
         candidates = (scores[:, :, None] + logp.view(B, k, V)).view(B, k * V)
         scores, index = candidates.topk(k, dim=1)  # (B, k), best first
         parent, token = index // V, index % V
-        ys = torch.cat([ys.gather(1, parent[:, :, None].expand(-1, -1, step)),
-                        token[:, :, None]], dim=2)  # (B, k, step + 1)
+        ys = torch.cat(
+            [ys.gather(1, parent[:, :, None].expand(-1, -1, step)), token[:, :, None]], dim=2
+        )  # (B, k, step + 1)
         state.reorder((rows + parent).view(-1))
         alive = torch.isfinite(scores)
         ended = alive & (token == eos_id) if step < limit - 1 else alive
@@ -153,8 +155,9 @@ def beam_search(model, src, bos_id, eos_id, beam_size=4, alpha=0.6, max_len=None
         top, j = normalized.max(dim=1)  # (B,)
         better = top > best
         best = torch.where(better, top, best)
-        best_ys[:, : step + 1] = torch.where(better[:, None], ys[torch.arange(B, device=dev), j],
-                                             best_ys[:, : step + 1])
+        best_ys[:, : step + 1] = torch.where(
+            better[:, None], ys[torch.arange(B, device=dev), j], best_ys[:, : step + 1]
+        )
         accepted += take.sum(dim=1)
         scores = scores.masked_fill(ended | (accepted >= k)[:, None], -torch.inf)
         if not bool(torch.isfinite(scores).any()):
@@ -183,8 +186,9 @@ def sequence_log_probs(model, src, outputs, bos_id, eos_id, alpha=None):
     return total / ((5 + lengths.to(total.device)) / 6) ** alpha
 
 
-def translate(model, tokenizer, sentences, bos_id, eos_id, beam_size=1, alpha=0.6,
-              batch_size=100, extra=50):
+def translate(
+    model, tokenizer, sentences, bos_id, eos_id, beam_size=1, alpha=0.6, batch_size=100, extra=50
+):
     """Translations of a list of strings: greedy (beam_size 1) or beam search."""
     device = next(model.parameters()).device
     pad_id = model.config.pad_id

@@ -162,8 +162,10 @@ class MultiHeadAttention(nn.Module):
         weight = torch.cat([lin.weight for lin in linears])  # (n * d_model, d_model)
         bias = torch.cat([lin.bias for lin in linears])
         y = torch.addmm(bias, x.reshape(-1, self.d_model), weight.T)
-        return [self.split_heads(t.view(*x.shape[:-1], self.d_model))
-                for t in y.split(self.d_model, dim=-1)]
+        return [
+            self.split_heads(t.view(*x.shape[:-1], self.d_model))
+            for t in y.split(self.d_model, dim=-1)
+        ]
 
     def forward(self, x_q, x_kv, mask=None):  # (B, T, d_model), (B, S, d_model)
         if x_q is x_kv:  # self-attention: q, k and v from one product

@@ -182,8 +182,7 @@ def check_state_dict(expected, state):
     for name, value in state.items():
         if tuple(value.shape) != tuple(expected[name].shape):
             raise ValueError(
-                f"{name}: expected shape {tuple(expected[name].shape)}, "
-                f"got {tuple(value.shape)}"
+                f"{name}: expected shape {tuple(expected[name].shape)}, got {tuple(value.shape)}"
             )
 
 

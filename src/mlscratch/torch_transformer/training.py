@@ -27,19 +27,28 @@ from mlscratch.torch_transformer.model import Transformer, check_state_dict
 def check_targets(logits, targets):
     """TypeError/ValueError unless logits (..., V) is floating and targets (...) integer."""
     if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
-        raise TypeError(f"logits must be a floating-point tensor, got "
-                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
-    if (not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point
-            or targets.dtype.is_complex or targets.dtype == torch.bool):
-        raise TypeError(f"targets must be an integer tensor, got "
-                        f"{getattr(targets, 'dtype', type(targets).__name__)}")
+        raise TypeError(
+            f"logits must be a floating-point tensor, got "
+            f"{getattr(logits, 'dtype', type(logits).__name__)}"
+        )
+    if (
+        not isinstance(targets, torch.Tensor)
+        or targets.dtype.is_floating_point
+        or targets.dtype.is_complex
+        or targets.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"targets must be an integer tensor, got "
+            f"{getattr(targets, 'dtype', type(targets).__name__)}"
+        )
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
-        raise ValueError(f"targets of shape {tuple(targets.shape)} must match the logits "
-                         f"{tuple(logits.shape)} without their last axis")
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} must match the logits "
+            f"{tuple(logits.shape)} without their last axis"
+        )
 
 
-def label_smoothing_loss(logits, targets, smoothing=0.0, ignore_index=None,
-                         reduction="mean"):
+def label_smoothing_loss(logits, targets, smoothing=0.0, ignore_index=None, reduction="mean"):
     """Cross-entropy against (1 - eps) onehot(y) + eps / V over targets != ignore_index.
 
     reduction "mean" averages over those targets (as torch's loss does), "sum" adds.
@@ -55,8 +64,9 @@ def label_smoothing_loss(logits, targets, smoothing=0.0, ignore_index=None,
     if targets.device.type == "cpu":  # on a GPU this check would wait for the device
         V, real = logits.shape[-1], targets[keep]
         if real.numel() and (int(real.min()) < 0 or int(real.max()) >= V):
-            raise ValueError(f"targets must lie in [0, {V}), got {int(real.min())}.."
-                             f"{int(real.max())}")
+            raise ValueError(
+                f"targets must lie in [0, {V}), got {int(real.min())}..{int(real.max())}"
+            )
         if reduction == "mean" and not real.numel():
             raise ValueError("no target to score: the batch is empty or all padding")
     logp = torch.log_softmax(logits, dim=-1)  # (..., V)
@@ -82,8 +92,7 @@ def inverse_sqrt_lr(it, learning_rate, warmup_iters):
 
 def check_train_config(c):
     """Raise a ValueError naming the first setting of TrainConfig c that cannot work."""
-    for name in ("batch_tokens", "gradient_accumulation_steps", "warmup_iters",
-                 "log_interval"):
+    for name in ("batch_tokens", "gradient_accumulation_steps", "warmup_iters", "log_interval"):
         value = getattr(c, name)
         if type(value) is not int or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -99,8 +108,10 @@ def check_train_config(c):
         if c.decay_iters is None:
             raise ValueError("the cosine schedule needs max_iters or lr_decay_iters")
         if not c.warmup_iters < c.decay_iters:
-            raise ValueError(f"warmup_iters ({c.warmup_iters}) must be smaller than "
-                             f"lr_decay_iters ({c.decay_iters})")
+            raise ValueError(
+                f"warmup_iters ({c.warmup_iters}) must be smaller than "
+                f"lr_decay_iters ({c.decay_iters})"
+            )
         if not 0 <= c.min_lr <= c.learning_rate:
             raise ValueError(f"min_lr must be in [0, learning_rate], got {c.min_lr}")
     for name in ("beta1", "beta2"):
@@ -148,8 +159,7 @@ class TrainConfig:
             return noam_lr(it + 1, d_model, self.warmup_iters, self.learning_rate)
         if self.schedule == "inverse_sqrt":
             return inverse_sqrt_lr(it, self.learning_rate, self.warmup_iters)
-        return lr_schedule(it, self.learning_rate, self.warmup_iters, self.decay_iters,
-                           self.min_lr)
+        return lr_schedule(it, self.learning_rate, self.warmup_iters, self.decay_iters, self.min_lr)
 
 
 def train_config_from_dict(d):
@@ -169,8 +179,9 @@ def accumulate(model, batches, label_smoothing, pad_id):
     for b in batches:
         src, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in b[:3])
         logits = model(src, tgt_in)  # (B, T, V)
-        loss = label_smoothing_loss(logits, tgt_out, label_smoothing, ignore_index=pad_id,
-                                    reduction="sum")
+        loss = label_smoothing_loss(
+            logits, tgt_out, label_smoothing, ignore_index=pad_id, reduction="sum"
+        )
         (loss / n_tgt).backward()
         total = total + loss.detach()
     return total
@@ -201,8 +212,9 @@ def evaluate_loss(model, pairs, batch_tokens, ids):
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for b in token_batches(pairs, batch_tokens, *ids):
         src, tgt_in, tgt_out = (t.to(device) for t in b[:3])
-        loss = label_smoothing_loss(model(src, tgt_in), tgt_out, ignore_index=ids[0],
-                                    reduction="sum")
+        loss = label_smoothing_loss(
+            model(src, tgt_in), tgt_out, ignore_index=ids[0], reduction="sum"
+        )
         total, n = total + loss.double(), n + b.n_tgt
     return total.item() / n
 
@@ -217,8 +229,9 @@ class BatchStream:
 
     def __next__(self):
         if self.batches is None:
-            self.batches = token_batches(self.pairs, self.batch_tokens, *self.ids,
-                                         seed=(self.seed, self.epoch))
+            self.batches = token_batches(
+                self.pairs, self.batch_tokens, *self.ids, seed=(self.seed, self.epoch)
+            )
         if self.position == len(self.batches):  # the epoch is used up
             self.epoch, self.position, self.batches = self.epoch + 1, 0, None
             return next(self)
@@ -247,8 +260,11 @@ class LossMeter:
     def record(self, **fields):
         """fields, the mean loss per target token and tokens/s since the last record."""
         now = time.perf_counter()
-        record = {**fields, "train_loss": self.loss.item() / self.n_tgt,
-                  "tokens_per_s": self.n_tokens / (now - self.start)}
+        record = {
+            **fields,
+            "train_loss": self.loss.item() / self.n_tgt,
+            "tokens_per_s": self.n_tokens / (now - self.start),
+        }
         self.loss, self.n_tgt, self.n_tokens, self.start = self.loss * 0, 0, 0, now
         return record
 
@@ -278,20 +294,35 @@ class History(list):
 
 def progress_bar(limit, initial, enabled):
     """A tqdm bar of updates (no total when there is no limit)."""
-    return tqdm(total=None if limit == math.inf else limit, initial=initial,
-                disable=not enabled, desc="training", unit="step")
+    return tqdm(
+        total=None if limit == math.inf else limit,
+        initial=initial,
+        disable=not enabled,
+        desc="training",
+        unit="step",
+    )
 
 
 CHECKPOINT_FORMAT = checkpoint_format("translation", 2)
-CHECKPOINT_KEYS = ("model", "optimizer", "step", "epoch", "position", "elapsed", "rng",
-                   "config", "train_config", "vocab_path", "history")
+CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "step",
+    "epoch",
+    "position",
+    "elapsed",
+    "rng",
+    "config",
+    "train_config",
+    "vocab_path",
+    "history",
+)
 
 
 def rng_state(device):
     """The states of PyTorch's CPU generator and, on a GPU, of CUDA's generators."""
     cuda = device.type == "cuda"
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if cuda else []}
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []}
 
 
 def set_rng_state(state, device):
@@ -305,9 +336,11 @@ def load_weights(model, ckpt):
     theirs, ours = ckpt["config"], asdict(model.config)
     differ = sorted(k for k in ours if theirs.get(k) != ours[k])
     if differ:
-        raise ValueError(f"the checkpoint's model config differs in {differ}: "
-                         f"{ {k: theirs.get(k) for k in differ} } vs "
-                         f"{ {k: ours[k] for k in differ} }")
+        raise ValueError(
+            f"the checkpoint's model config differs in {differ}: "
+            f"{ {k: theirs.get(k) for k in differ} } vs "
+            f"{ {k: ours[k] for k in differ} }"
+        )
     check_state_dict(model.state_dict(), ckpt["model"])
     model.load_state_dict(ckpt["model"])
     return model
@@ -333,8 +366,8 @@ def check_trainer_args(model, config, pad_id, bos_id, eos_id):
 class Trainer:
     """Trains a Transformer on (source ids, target ids) pairs; see TrainConfig."""
 
-    def __init__(self, model, train_pairs, config, *, pad_id, bos_id, eos_id,
-                 device="cpu", out_dir=None, vocab_path=None, progress=True):
+    def __init__(self, model, train_pairs, config, *, pad_id, bos_id, eos_id, device="cpu",
+                 out_dir=None, vocab_path=None, progress=True):  # fmt: skip
         check_trainer_args(model, config, pad_id, bos_id, eos_id)
         torch.manual_seed(config.seed)
         self.device, self.config = torch.device(device), config
@@ -350,9 +383,9 @@ class Trainer:
         c, d_model = self.config, self.model.config.d_model
         limit = min(n for n in (max_iters, c.max_iters, math.inf) if n is not None)
         start, base, meter = time.perf_counter(), self.elapsed, LossMeter(self.device)
+        deadline = math.inf if max_seconds is None else start + max_seconds
         bar = progress_bar(limit, self.step, self.progress)
-        while self.step < limit and (max_seconds is None
-                                     or time.perf_counter() - start < max_seconds):
+        while self.step < limit and time.perf_counter() < deadline:
             batches = [next(self.data) for _ in range(c.gradient_accumulation_steps)]
             lr = c.lr_at(self.step, d_model)
             meter.add(accumulate(self.model, batches, c.label_smoothing, self.ids[0]), batches)
@@ -360,9 +393,10 @@ class Trainer:
             self.step += 1
             bar.update()
             if self.step % c.log_interval == 0:
-                self.history.append(meter.record(step=self.step, epoch=self.data.epoch, lr=lr,
-                                                 elapsed=base + time.perf_counter() - start))
-                bar.set_postfix(loss=f"{self.history[-1]['train_loss']:.3f}")
+                t = base + time.perf_counter() - start
+                record = meter.record(step=self.step, epoch=self.data.epoch, lr=lr, elapsed=t)
+                self.history.append(record)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}")
         bar.close()
         self.elapsed = base + time.perf_counter() - start
         return self.history
@@ -376,13 +410,12 @@ class Trainer:
                 "step": self.step, **self.data.state_dict(), "elapsed": self.elapsed,
                 "rng": rng_state(self.device), "config": asdict(self.model.config),
                 "train_config": asdict(self.config), "vocab_path": self.vocab_path,
-                "history": list(self.history)}
+                "history": list(self.history)}  # fmt: skip
 
     def save(self, path):
         save_checkpoint(self.state_dict(), path, CHECKPOINT_FORMAT)
 
-    def restore(self, ckpt):
-        """Continue from a checkpoint (load_checkpoint) exactly where it was saved."""
+    def restore(self, ckpt):  # continue exactly where the checkpoint was saved
         load_weights(self.model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.data.load_state_dict(ckpt)
