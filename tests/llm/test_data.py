@@ -20,7 +20,6 @@ from mlscratch.llm.data import (
     read_meta,
     read_text,
     token_dtype,
-    write_atomic,
 )
 from mlscratch.llm.simple_tokenizers import ByteTokenizer, CharTokenizer
 from mlscratch.llm.tokenizer import BPETokenizer
@@ -96,20 +95,6 @@ def test_token_files_widen_to_uint32_past_65536_tokens(tmp_path):
     train = load_split(tmp_path / "train.bin")
     assert train.dtype == np.uint32 and train[0] == 69_999 - ord("a")
     assert json.loads((tmp_path / "tokenizer.json").read_text()) == {"kind": "wide"}
-
-
-def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "file.bin"
-    write_atomic(path, b"old")
-
-    def fails(f):
-        f.write(b"half of the new")
-        raise RuntimeError("disk on fire")
-
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        write_atomic(path, fails)
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
 @settings(max_examples=40, deadline=None)

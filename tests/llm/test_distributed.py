@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from mlscratch.llm.distributed import DistInfo, dist_info
-from mlscratch.llm.train import CHECKPOINT, TrainConfig, load_checkpoint, read_metrics, train
+from mlscratch.llm.run import CHECKPOINT, read_metrics
+from mlscratch.llm.run import load_run_checkpoint as load_checkpoint
+from mlscratch.llm.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Two processes, one batch: the gradients are averaged, the steps are the same.\n" * 40

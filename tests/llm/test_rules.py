@@ -1,6 +1,6 @@
-"""Part III's package code builds its layers and optimizer itself (DESIGN.md): no torch.nn
-layer classes, no torch.optim optimizers, and torch.nn.functional only on the GPT's
-optional fused path."""
+"""The language model's package code (mlscratch/llm) builds its layers and optimizer itself
+(CONTRIBUTING.md, "Conventions of the parts"): no torch.nn layer classes, no torch.optim
+optimizers, and torch.nn.functional only on the GPT's optional fused path."""
 
 import ast
 from pathlib import Path

@@ -2,23 +2,24 @@
 
 import math
 import signal
+from dataclasses import fields
 
 import pytest
 import torch
 
-from mlscratch.llm import train as train_module
-from mlscratch.llm.data import load_split, load_tokenizer
-from mlscratch.llm.train import (
-    CHECKPOINT,
-    TrainConfig,
+from mlscratch.llm import trainer as trainer_module
+from mlscratch.llm.data import encode_splits, load_split, load_tokenizer, make_tokenizer
+from mlscratch.llm.gpt import GPTConfig
+from mlscratch.llm.run import CHECKPOINT, FIXED_ON_RESUME, read_metrics
+from mlscratch.llm.run import load_run_checkpoint as load_checkpoint
+from mlscratch.llm.sample import load_model, sample
+from mlscratch.llm.train import TrainConfig, train
+from mlscratch.llm.trainer import (
+    Trainer,
     TrainingDiverged,
     estimate_loss,
-    load_checkpoint,
-    load_model,
-    read_metrics,
-    sample,
     split_loss,
-    train,
+    train_loop,
 )
 
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
@@ -64,6 +65,20 @@ def test_config_rejects_values_out_of_range(bad, error):
         TrainConfig(**bad)
 
 
+def test_the_model_settings_are_gptconfigs_fields():
+    names = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
+    assert set(names) <= {f.name for f in fields(TrainConfig)}
+    # every model setting reaches the model: set each to a value other than the default
+    changed = dict(block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=0.25, bias=False,
+                   n_kv_head=2, pos="rope", norm="rmsnorm", mlp="swiglu", tie_weights=False,
+                   n_hidden=96, rope_theta=500.0, norm_eps=1e-6, fused=True)
+    assert set(changed) == set(names), "a new GPTConfig field: give it a value here"
+    assert TrainConfig(**changed).model_config(100) == GPTConfig(vocab_size=100, **changed)
+    assert TrainConfig().model_config(65).n_layer == 4  # the CPU defaults, not GPT-2 small's
+    fixed = set(FIXED_ON_RESUME)
+    assert fixed == set(names) - {"dropout", "fused"} | {"data", "tokenizer", "vocab_size"}
+
+
 def test_the_decay_defaults_to_max_iters_but_outlasts_the_warmup():
     assert TrainConfig(max_iters=500, warmup_iters=10).decay_iters == 500
     assert TrainConfig(max_iters=5, warmup_iters=10).decay_iters == 11
@@ -101,16 +116,30 @@ def test_training_writes_metrics_checkpoint_plot_and_learns(tmp_path, text_file)
     assert not list(out.glob("*.tmp"))
 
 
+def test_the_core_loop_in_memory_computes_what_a_run_writes(tmp_path, text_file):
+    options = dict(max_iters=8, eval_interval=4, log_interval=1, dropout=0.1,
+                   gradient_accumulation_steps=2)
+    cfg = config(tmp_path, text_file, **options)
+    train(cfg, progress=False)
+    tokenizer = make_tokenizer("char", TEXT)
+    trainer = train_loop(Trainer(cfg, encode_splits(TEXT, tokenizer), tokenizer.vocab_size))
+    timings = ("elapsed_s", "tokens_per_s")
+    history = [{k: v for k, v in r.items() if k not in timings} for r in trainer.history]
+    assert history == losses(tmp_path / "run")  # exact: a run adds files, not arithmetic
+    assert trainer.it == 8 and trainer.best_val_loss == min(r["val_loss"] for r in history
+                                                            if "val_loss" in r)
+
+
 def interrupt_at(monkeypatch, at):
     """Send this process a real SIGINT while iteration `at` starts."""
-    schedule = train_module.lr_schedule
+    schedule = trainer_module.lr_schedule
 
     def raising(it, *args):
         if it == at:
             signal.raise_signal(signal.SIGINT)
         return schedule(it, *args)
 
-    monkeypatch.setattr(train_module, "lr_schedule", raising)
+    monkeypatch.setattr(trainer_module, "lr_schedule", raising)
 
 
 @pytest.mark.parametrize("stop", [3, 6])  # stops at an evaluation point (4) and between

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlscratch.llm.train import CHECKPOINT, TrainConfig, load_checkpoint, read_metrics
+from mlscratch.checkpoint import save_checkpoint
+from mlscratch.llm.run import CHECKPOINT, read_metrics
+from mlscratch.llm.run import load_run_checkpoint as load_checkpoint
 from mlscratch.llm.train_cli import main, sample_main
+from mlscratch.llm.trainer import MODEL_FIELDS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind.\n" * 40
@@ -75,6 +78,24 @@ def test_help_explains_every_option(capsys):
     for f in fields(TrainConfig):
         assert f"--{f.name} " in text
     assert "--resume" in text and "context length T" in text
+    model, training = text.split("the model (the fields of GPTConfig)")[1].split("training:")
+    assert all(f"--{name} " in model for name in MODEL_FIELDS)
+    assert "--learning_rate " in training and "--learning_rate " not in model
+
+
+def test_a_run_of_an_older_format_fails_in_one_line_naming_the_format(tmp_path, text_file,
+                                                                      capsys):
+    out = tmp_path / "run"
+    assert main(run_args(out, text_file, "--max_iters", "1", "--eval_interval", "1")) == 0
+    capsys.readouterr()
+    old = {k: v for k, v in load_checkpoint(out / CHECKPOINT).items() if k != "format"}
+    save_checkpoint({**old, "version": 1}, out / CHECKPOINT, "mlscratch-train-checkpoint")
+    before = snapshot(out)
+    for command, prog in ((main, "mlscratch train"), (sample_main, "mlscratch sample")):
+        fails(command, ["--out_dir", str(out), "--resume"][:3 if command is main else 2],
+              capsys, "is a mlscratch-train-checkpoint file; this version of mlscratch reads "
+                      "mlscratch-gpt-run-checkpoint-v2", prog=prog)
+    assert snapshot(out) == before
 
 
 def test_bad_input_is_one_line_a_non_zero_exit_and_overwrites_nothing(tmp_path, text_file,
