@@ -18,10 +18,12 @@ _FACE = {
     "AdamW": "optim",
     "clip_grad_norm": "optim",
     "lr_schedule": "optim",
+    "Trainer": "trainer",
+    "train_loop": "trainer",
     "TrainConfig": "train",
     "train": "train",
-    "load_model": "train",
-    "sample": "train",
+    "load_model": "sample",
+    "sample": "sample",
 }
 __all__ = list(_FACE)
 
@@ -39,7 +41,7 @@ def __dir__():
 
 
 class _Face(types.ModuleType):
-    """Importing the submodule `train` must not hide the function `train` of the same name."""
+    """Importing the submodule `train` (or `sample`) must not hide the function of that name."""
 
     def __setattr__(self, name, value):
         if not (name in _FACE and isinstance(value, types.ModuleType)):
