@@ -25,13 +25,20 @@ def main():
         for dtype in (np.float32, np.float64):
             a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
             t = best_time(lambda a=a: a @ a)
-            rows.append({"library": "numpy", "dtype": np.dtype(dtype).name, "n": n,
-                         "GFLOP/s": gflops(n, t)})
+            rows.append(
+                {"library": "numpy", "dtype": np.dtype(dtype).name, "n": n, "GFLOP/s": gflops(n, t)}
+            )
         for dtype in (torch.float32, torch.bfloat16):
             a = torch.randn(n, n, dtype=dtype)
             t = best_time(lambda a=a: a @ a)
-            rows.append({"library": "torch", "dtype": str(dtype).removeprefix("torch."),
-                         "n": n, "GFLOP/s": gflops(n, t)})
+            rows.append(
+                {
+                    "library": "torch",
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "n": n,
+                    "GFLOP/s": gflops(n, t),
+                }
+            )
     save("matmul_peak", rows, notes=f"torch threads: {torch.get_num_threads()}")
 
 

@@ -38,12 +38,17 @@ def make(kind, fused=True):
         model = BaselineGPT(V, T, L, C, H, bias=False)
         decay = [p for p in model.parameters() if p.ndim >= 2]
         rest = [p for p in model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                 {"params": rest, "weight_decay": 0.0}], lr=1e-3,
-                                betas=(0.9, 0.99))
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+            lr=1e-3,
+            betas=(0.9, 0.99),
+        )
         return model, opt, lambda: nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C,
-                          bias=False, fused=fused))
+    model = GPT(
+        GPTConfig(
+            vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, bias=False, fused=fused
+        )
+    )
     opt = AdamW(configure_param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
     return model, opt, lambda: clip_grad_norm(model.parameters(), 1.0)
 
@@ -75,16 +80,22 @@ def main():
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, V, (args.iters, B, T + 1), generator=g)
     batches = [(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data]
-    names = {"baseline": "baseline: torch.nn + SDPA + torch.optim.AdamW",
-             "fused": "ours, fused", "hand": "ours, hand-written"}
-    setups = {"baseline": make("baseline"), "fused": make("ours"),
-              "hand": make("ours", fused=False)}
+    names = {
+        "baseline": "baseline: torch.nn + SDPA + torch.optim.AdamW",
+        "fused": "ours, fused",
+        "hand": "ours, hand-written",
+    }
+    setups = {
+        "baseline": make("baseline"),
+        "fused": make("ours"),
+        "hand": make("ours", fused=False),
+    }
     for setup in setups.values():
         steps(setup, batches[:5])  # warm up
     per_round = {name: [] for name in setups}
     order = list(setups)
     for r in range(args.rounds):  # rotate the order: no model always runs after another
-        for name in order[r % len(order):] + order[:r % len(order)]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             times = dict.fromkeys(PHASES, 0.0)
             steps(setups[name], batches, times)
             per_round[name].append({k: v / args.iters * 1e3 for k, v in times.items()})
@@ -96,24 +107,35 @@ def main():
         for event in prof.key_averages():
             if not event.key.startswith("aten::"):
                 continue
-            kind = next((k for k, keys in KINDS.items() if any(s in event.key for s in keys)),
-                        "other")
+            kind = next(
+                (k for k, keys in KINDS.items() if any(s in event.key for s in keys)), "other"
+            )
             by_kind[kind] += event.self_cpu_time_total
         total = sum(by_kind.values())
         median = {p: statistics.median(r[p] for r in per_round[name]) for p in PHASES}
         step = statistics.median(sum(r.values()) for r in per_round[name])
-        rows.append({"run": names[name], "step ms": round(step, 1),
-                     **{f"{p} ms": round(median[p], 1) for p in PHASES},
-                     **{f"{k} %": round(100 * v / total) for k, v in by_kind.items()}})
+        rows.append(
+            {
+                "run": names[name],
+                "step ms": round(step, 1),
+                **{f"{p} ms": round(median[p], 1) for p in PHASES},
+                **{f"{k} %": round(100 * v / total) for k, v in by_kind.items()},
+            }
+        )
     base = rows[0]["step ms"]
     for row in rows:
         row["vs baseline"] = f"{base / row['step ms']:.2f}x"
-    save("step_profile", rows, notes=(
-        f"One training step of nanoGPT's CPU Shakespeare model (batch {B} x {T} tokens): "
-        f"median milliseconds per phase over {args.rounds} interleaved rounds of "
-        f"{args.iters} steps; the % columns share out the self CPU time of the aten "
-        f"operators of the whole step (torch.profiler), by kind. torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads."))
+    save(
+        "step_profile",
+        rows,
+        notes=(
+            f"One training step of nanoGPT's CPU Shakespeare model (batch {B} x {T} tokens): "
+            f"median milliseconds per phase over {args.rounds} interleaved rounds of "
+            f"{args.iters} steps; the % columns share out the self CPU time of the aten "
+            f"operators of the whole step (torch.profiler), by kind. torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads."
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -67,3 +67,17 @@ def load_checkpoint(path, fmt, keys=(), map_location="cpu"):
     if missing:
         raise ValueError(f"{path} is an incomplete checkpoint: it lacks {missing}")
     return ckpt
+
+
+def rng_state(device):
+    """This process's random generators: torch's CPU one and, on a GPU, the CUDA one."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0)
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state, device):
+    """Put back what rng_state saved, so the next random draws are the ones that would
+    have followed."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"].numel():
+        torch.cuda.set_rng_state(state["cuda"], device)

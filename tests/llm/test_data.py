@@ -68,9 +68,16 @@ def test_prepare_data_stores_the_last_tenth_as_validation(tmp_path, kind):
         assert isinstance(data, np.memmap) and data.dtype == np.uint16
         assert data.tolist() == ids
         assert (tmp_path / f"{name}.bin").stat().st_size == 2 * len(ids)
-    assert meta == read_meta(tmp_path) == {"dtype": "uint16", "vocab_size": tok.vocab_size,
-                                           "train_tokens": len(expected["train"]),
-                                           "val_tokens": len(expected["val"])}
+    assert (
+        meta
+        == read_meta(tmp_path)
+        == {
+            "dtype": "uint16",
+            "vocab_size": tok.vocab_size,
+            "train_tokens": len(expected["train"]),
+            "val_tokens": len(expected["val"]),
+        }
+    )
     again = load_tokenizer(tmp_path)
     assert type(again) is type(tok) and again.vocab_size == tok.vocab_size
     assert again.encode(TEXT) == tok.encode(TEXT)
@@ -98,8 +105,12 @@ def test_token_files_widen_to_uint32_past_65536_tokens(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 300), block=st.integers(1, 40), batch=st.integers(1, 9),
-       seed=st.integers(0, 2**31))
+@given(
+    n=st.integers(2, 300),
+    block=st.integers(1, 40),
+    batch=st.integers(1, 9),
+    seed=st.integers(0, 2**31),
+)
 def test_get_batch_gives_windows_and_their_shift(n, block, batch, seed):
     data = (np.arange(n) * 7 % 65_536).astype(np.uint16)  # position i holds 7i
     generator = torch.Generator().manual_seed(seed)

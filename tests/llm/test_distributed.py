@@ -34,8 +34,19 @@ def child_env():
 
 def torchrun(out_dir, args, **popen):
     """`torchrun --nproc_per_node=2 -m mlscratch train` on CPU (Popen when given popen options)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "mlscratch", "train", "--out_dir", str(out_dir), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mlscratch",
+        "train",
+        "--out_dir",
+        str(out_dir),
+        *args,
+    ]
     if popen:
         return subprocess.Popen(command, env=child_env(), text=True, **popen)
     return subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
@@ -45,9 +56,28 @@ def tiny_run(tmp_path, *extra):
     """Options of a tiny run on TEXT with 2 micro-batches per step (TEXT written to tmp_path)."""
     data = tmp_path / "text.txt"
     data.write_text(TEXT, encoding="utf-8")
-    return ["--data", str(data), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
-            "--block_size", "16", "--batch_size", "4", "--warmup_iters", "1",
-            "--log_interval", "1", "--gradient_accumulation_steps", "2", "--quiet", *extra]
+    return [
+        "--data",
+        str(data),
+        "--n_layer",
+        "1",
+        "--n_head",
+        "2",
+        "--n_embd",
+        "16",
+        "--block_size",
+        "16",
+        "--batch_size",
+        "4",
+        "--warmup_iters",
+        "1",
+        "--log_interval",
+        "1",
+        "--gradient_accumulation_steps",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_dist_info_reads_torchruns_environment():
@@ -74,9 +104,13 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_pat
     two = torchrun(tmp_path / "two", args)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("iter 6: val loss") == 1  # rank 0 alone reports
-    one = subprocess.run([sys.executable, "-m", "mlscratch", "train",
-                          "--out_dir", str(tmp_path / "one"), *args],
-                         env=child_env(), capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "mlscratch", "train", "--out_dir", str(tmp_path / "one"), *args],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     a = read_metrics(tmp_path / "two" / "metrics.jsonl")
     b = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -92,14 +126,25 @@ def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_pat
 
 
 def without_timings(out_dir):
-    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}
-            for r in read_metrics(Path(out_dir) / "metrics.jsonl")]
+    return [
+        {k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}
+        for r in read_metrics(Path(out_dir) / "metrics.jsonl")
+    ]
 
 
 def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
     # lr_decay_iters fixed: the schedule must not depend on where a run stops
-    args = tiny_run(tmp_path, "--eval_iters", "4", "--lr_decay_iters", "8", "--eval_interval",
-                    "4", "--dropout", "0.2")
+    args = tiny_run(
+        tmp_path,
+        "--eval_iters",
+        "4",
+        "--lr_decay_iters",
+        "8",
+        "--eval_interval",
+        "4",
+        "--dropout",
+        "0.2",
+    )
     whole = torchrun(tmp_path / "whole", [*args, "--max_iters", "8"])
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = torchrun(tmp_path / "parts", [*args, "--max_iters", "3"])  # stops between evals
@@ -122,8 +167,13 @@ def test_ctrl_c_under_torchrun_saves_one_checkpoint_that_resumes(tmp_path):
     args = tiny_run(tmp_path, "--eval_iters", "2", "--eval_interval", "100000")
     out = tmp_path / "run"
     # a process group of its own, as a terminal's foreground job: Ctrl-C signals all of it
-    proc = torchrun(out, [*args, "--max_iters", "1000000"], start_new_session=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = torchrun(
+        out,
+        [*args, "--max_iters", "1000000"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and len(read_metrics(metrics)) >= 5):

@@ -29,7 +29,8 @@ def on_fused_path(node, links, source):
         if isinstance(node, ast.FunctionDef) and node.name.startswith("fused_"):
             return True
         if isinstance(node, ast.Assign) and all(
-                isinstance(t, ast.Name) and t.id.startswith("fused_") for t in node.targets):
+            isinstance(t, ast.Name) and t.id.startswith("fused_") for t in node.targets
+        ):
             return True
         if isinstance(node, (ast.If, ast.IfExp)) and child is not node.test:
             test = ast.get_source_segment(source, node.test)
@@ -56,20 +57,28 @@ def test_no_prebuilt_layers_or_optimizers(path):
         if owner == "F" and not on_fused_path(node, links, source):
             problems.append(f"{where} (torch.nn.functional outside the fused path)")
     for node in ast.walk(tree):  # torch.optim.X: only the Optimizer base class
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                and node.value.attr == "optim" and node.attr not in ("Optimizer",)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "optim"
+            and node.attr not in ("Optimizer",)
+        ):
             problems.append(f"{path.name}:{node.lineno}: torch.optim.{node.attr}")
     assert not problems, "\n".join(problems)
 
 
 def test_the_scan_sees_a_violation(tmp_path):
     """The checker itself can fail: F outside a fused branch is caught, inside it is not."""
-    source = ("import torch.nn.functional as F\n"
-              "def f(x, fused):\n    if fused:\n        return F.relu(x)\n"
-              "    return F.gelu(x)\n")
+    source = (
+        "import torch.nn.functional as F\n"
+        "def f(x, fused):\n    if fused:\n        return F.relu(x)\n"
+        "    return F.gelu(x)\n"
+    )
     tree = ast.parse(source)
     links = parents(tree)
-    calls = {n.attr: on_fused_path(n, links, source) for n in ast.walk(tree)
-             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-             and n.value.id == "F"}
+    calls = {
+        n.attr: on_fused_path(n, links, source)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "F"
+    }
     assert calls == {"relu": True, "gelu": False}

@@ -19,8 +19,23 @@ from mlscratch.llm.trainer import MODEL_FIELDS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind.\n" * 40
-TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16",
-        "--batch_size", "4", "--eval_iters", "2", "--warmup_iters", "1", "--quiet"]
+TINY = [
+    "--n_layer",
+    "1",
+    "--n_head",
+    "2",
+    "--n_embd",
+    "16",
+    "--block_size",
+    "16",
+    "--batch_size",
+    "4",
+    "--eval_iters",
+    "2",
+    "--warmup_iters",
+    "1",
+    "--quiet",
+]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 
@@ -56,8 +71,22 @@ def test_train_then_sample(tmp_path, text_file, capsys):
     assert "iter 4: val loss" in capsys.readouterr().out
     assert load_checkpoint(out / CHECKPOINT)["iter"] == 4
     assert [r["iter"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r] == [0, 2, 4]
-    argv = ["--out_dir", str(out), "--prompt", "To be", "--max_new_tokens", "30",
-            "--num_samples", "2", "--seed", "7", "--top_k", "5", "--top_p", "0.9"]
+    argv = [
+        "--out_dir",
+        str(out),
+        "--prompt",
+        "To be",
+        "--max_new_tokens",
+        "30",
+        "--num_samples",
+        "2",
+        "--seed",
+        "7",
+        "--top_k",
+        "5",
+        "--top_p",
+        "0.9",
+    ]
     assert sample_main(argv) == 0
     first = capsys.readouterr().out
     assert first.startswith("To be") and first.count("---------------") == 1
@@ -83,8 +112,7 @@ def test_help_explains_every_option(capsys):
     assert "--learning_rate " in training and "--learning_rate " not in model
 
 
-def test_a_run_of_an_older_format_fails_in_one_line_naming_the_format(tmp_path, text_file,
-                                                                      capsys):
+def test_a_run_of_an_older_format_fails_in_one_line_naming_the_format(tmp_path, text_file, capsys):
     out = tmp_path / "run"
     assert main(run_args(out, text_file, "--max_iters", "1", "--eval_interval", "1")) == 0
     capsys.readouterr()
@@ -92,14 +120,18 @@ def test_a_run_of_an_older_format_fails_in_one_line_naming_the_format(tmp_path, 
     save_checkpoint({**old, "version": 1}, out / CHECKPOINT, "mlscratch-train-checkpoint")
     before = snapshot(out)
     for command, prog in ((main, "mlscratch train"), (sample_main, "mlscratch sample")):
-        fails(command, ["--out_dir", str(out), "--resume"][:3 if command is main else 2],
-              capsys, "is a mlscratch-train-checkpoint file; this version of mlscratch reads "
-                      "mlscratch-gpt-run-checkpoint-v2", prog=prog)
+        fails(
+            command,
+            ["--out_dir", str(out), "--resume"][: 3 if command is main else 2],
+            capsys,
+            "is a mlscratch-train-checkpoint file; this version of mlscratch reads "
+            "mlscratch-gpt-run-checkpoint-v2",
+            prog=prog,
+        )
     assert snapshot(out) == before
 
 
-def test_bad_input_is_one_line_a_non_zero_exit_and_overwrites_nothing(tmp_path, text_file,
-                                                                     capsys):
+def test_bad_input_is_one_line_a_non_zero_exit_and_overwrites_nothing(tmp_path, text_file, capsys):
     out = tmp_path / "run"
     assert main(run_args(out, text_file, "--max_iters", "2", "--eval_interval", "2")) == 0
     capsys.readouterr()
@@ -121,10 +153,16 @@ def test_bad_input_is_one_line_a_non_zero_exit_and_overwrites_nothing(tmp_path, 
         (run_args(fresh, text_file, "--bias", "maybe"), "expected true or false", 2),
         (run_args(fresh, text_file, "--lr", "0.1"), "unrecognized arguments: --lr", 2),
         (run_args(out, text_file), "already holds a run: pass --resume", 1),
-        (["--out_dir", str(out), "--resume", "--n_layer", "2"],
-         "was trained with n_layer=1, this run asks for n_layer=2", 1),
-        (["--out_dir", str(out), "--resume", "--learning_rate", "0"],
-         "learning_rate must be > 0", 1),
+        (
+            ["--out_dir", str(out), "--resume", "--n_layer", "2"],
+            "was trained with n_layer=1, this run asks for n_layer=2",
+            1,
+        ),
+        (
+            ["--out_dir", str(out), "--resume", "--learning_rate", "0"],
+            "learning_rate must be > 0",
+            1,
+        ),
         (["--out_dir", str(fresh), "--resume"], "nothing to resume", 1),
     ]
     if not torch.cuda.is_available():
@@ -135,8 +173,13 @@ def test_bad_input_is_one_line_a_non_zero_exit_and_overwrites_nothing(tmp_path, 
     (out / CHECKPOINT).write_bytes(before[CHECKPOINT][: len(before[CHECKPOINT]) // 2])
     corrupt = snapshot(out)
     fails(main, ["--out_dir", str(out), "--resume"], capsys, "not a readable checkpoint")
-    fails(sample_main, ["--out_dir", str(out)], capsys, "not a readable checkpoint",
-          prog="mlscratch sample")
+    fails(
+        sample_main,
+        ["--out_dir", str(out)],
+        capsys,
+        "not a readable checkpoint",
+        prog="mlscratch sample",
+    )
     assert snapshot(out) == corrupt
 
 
@@ -154,31 +197,55 @@ def test_an_out_dir_that_cannot_be_written_is_an_error(tmp_path, text_file, caps
 
 def test_sample_errors(tmp_path, text_file, capsys):
     out = tmp_path / "run"
-    fails(sample_main, ["--out_dir", str(out)], capsys, "there is no checkpoint",
-          prog="mlscratch sample")
+    fails(
+        sample_main,
+        ["--out_dir", str(out)],
+        capsys,
+        "there is no checkpoint",
+        prog="mlscratch sample",
+    )
     assert main(run_args(out, text_file, "--max_iters", "1", "--eval_interval", "1")) == 0
     capsys.readouterr()
-    for argv, match in [(["--temperature", "0"], "temperature must be > 0"),
-                        (["--top_p", "1.5"], "top_p must be in (0, 1]"),
-                        (["--num_samples", "0"], "num_samples must be at least 1"),
-                        (["--prompt", "Ω"], "is not in the vocabulary")]:
-        fails(sample_main, ["--out_dir", str(out), *argv], capsys, match,
-              prog="mlscratch sample")
+    for argv, match in [
+        (["--temperature", "0"], "temperature must be > 0"),
+        (["--top_p", "1.5"], "top_p must be in (0, 1]"),
+        (["--num_samples", "0"], "num_samples must be at least 1"),
+        (["--prompt", "Ω"], "is not in the vocabulary"),
+    ]:
+        fails(sample_main, ["--out_dir", str(out), *argv], capsys, match, prog="mlscratch sample")
 
 
 def test_a_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, text_file, capsys):
     out = tmp_path / "run"
-    argv = run_args(out, text_file, "--max_iters", "30", "--eval_interval", "100",
-                    "--log_interval", "1", "--learning_rate", "1e30", "--grad_clip", "0",
-                    "--decay_lr", "false")
+    argv = run_args(
+        out,
+        text_file,
+        "--max_iters",
+        "30",
+        "--eval_interval",
+        "100",
+        "--log_interval",
+        "1",
+        "--learning_rate",
+        "1e30",
+        "--grad_clip",
+        "0",
+        "--decay_lr",
+        "false",
+    )
     fails(main, argv, capsys, "training diverged")
     assert load_checkpoint(out / CHECKPOINT)["iter"] == 0
 
 
 def start(args, driver=None):
     code = driver or "import sys; from mlscratch.__main__ import main; sys.exit(main())"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, proc, timeout=60):
@@ -192,8 +259,9 @@ def wait_for(condition, proc, timeout=60):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_file, sig):
     out = tmp_path / "run"
-    proc = start(["train", *run_args(out, text_file, "--max_iters", "100000",
-                                     "--eval_interval", "1000")])
+    proc = start(
+        ["train", *run_args(out, text_file, "--max_iters", "100000", "--eval_interval", "1000")]
+    )
     metrics = out / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and len(read_metrics(metrics)) >= 3, proc)
     proc.send_signal(sig)
@@ -223,10 +291,11 @@ sys.exit(main())
 
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, text_file):
     out = tmp_path / "run"
-    proc = start(["train", *run_args(out, text_file, "--max_iters", "8", "--eval_interval",
-                                     "4")], driver=SLOW_RENAME)
-    wait_for(lambda: list(out.glob(f"{CHECKPOINT}.*.tmp")) and
-             (out / CHECKPOINT).exists(), proc)
+    proc = start(
+        ["train", *run_args(out, text_file, "--max_iters", "8", "--eval_interval", "4")],
+        driver=SLOW_RENAME,
+    )
+    wait_for(lambda: list(out.glob(f"{CHECKPOINT}.*.tmp")) and (out / CHECKPOINT).exists(), proc)
     line = proc.stderr.readline()
     assert line.startswith("WRITTEN"), line
     proc.kill()  # SIGKILL: no handler runs
@@ -244,8 +313,22 @@ def test_the_dispatcher_runs_sample(tmp_path, text_file, capsys):
     # the signal tests above run `train` through the dispatcher
     out = tmp_path / "run"
     assert main(run_args(out, text_file, "--max_iters", "1", "--eval_interval", "1")) == 0
-    run = subprocess.run([sys.executable, "-m", "mlscratch", "sample", "--out_dir", str(out),
-                          "--prompt", "To", "--max_new_tokens", "5"], env=ENV,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlscratch",
+            "sample",
+            "--out_dir",
+            str(out),
+            "--prompt",
+            "To",
+            "--max_new_tokens",
+            "5",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0 and run.stdout.startswith("To"), run.stderr
     assert len(run.stdout) == len("To") + 5 + 1  # 5 characters and a newline

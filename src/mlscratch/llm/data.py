@@ -71,8 +71,10 @@ def encode_splits(text, tokenizer, val_fraction=VAL_FRACTION):
         raise ValueError("the text is empty: there is nothing to tokenize")
     cut = int(len(text) * (1.0 - val_fraction))
     dtype = token_dtype(tokenizer.vocab_size)
-    return {"train": np.asarray(tokenizer.encode(text[:cut]), dtype=dtype),
-            "val": np.asarray(tokenizer.encode(text[cut:]), dtype=dtype)}
+    return {
+        "train": np.asarray(tokenizer.encode(text[:cut]), dtype=dtype),
+        "val": np.asarray(tokenizer.encode(text[cut:]), dtype=dtype),
+    }
 
 
 def write_splits(splits, tokenizer, out_dir):
@@ -81,8 +83,11 @@ def write_splits(splits, tokenizer, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ids in splits.items():
         write_atomic(out_dir / f"{name}.bin", ids.tobytes())
-    meta = {"dtype": splits["train"].dtype.name, "vocab_size": tokenizer.vocab_size,
-            **{f"{name}_tokens": len(ids) for name, ids in splits.items()}}
+    meta = {
+        "dtype": splits["train"].dtype.name,
+        "vocab_size": tokenizer.vocab_size,
+        **{f"{name}_tokens": len(ids) for name, ids in splits.items()},
+    }
     write_atomic(out_dir / "data.json", (json.dumps(meta) + "\n").encode())
     state = json.dumps(tokenizer.to_dict(), ensure_ascii=False) + "\n"
     write_atomic(out_dir / "tokenizer.json", state.encode("utf-8"))
@@ -125,8 +130,10 @@ def load_split(path):
 def random_offsets(n_tokens, block_size, shape, generator):
     """Uniform window starts in [0, n_tokens - block_size), an int64 tensor of the shape."""
     if n_tokens <= block_size:
-        raise ValueError(f"a split of {n_tokens} tokens is shorter than one block: need at "
-                         f"least block_size + 1 = {block_size + 1}")
+        raise ValueError(
+            f"a split of {n_tokens} tokens is shorter than one block: need at "
+            f"least block_size + 1 = {block_size + 1}"
+        )
     return torch.randint(n_tokens - block_size, shape, generator=generator)
 
 
@@ -136,8 +143,10 @@ def batch_at(data, offsets, block_size, device="cpu"):
     window = torch.from_numpy(data[rows].astype(np.int64))
     x, y = window[:, :-1], window[:, 1:]
     if torch.device(device).type == "cuda":
-        return (x.pin_memory().to(device, non_blocking=True),
-                y.pin_memory().to(device, non_blocking=True))
+        return (
+            x.pin_memory().to(device, non_blocking=True),
+            y.pin_memory().to(device, non_blocking=True),
+        )
     return x.contiguous(), y.contiguous()
 
 

@@ -36,12 +36,15 @@ def dist_info(env=None):
         try:
             values[name] = int(raw)
         except ValueError:
-            raise ValueError(f"environment variable {name} must be an integer, "
-                             f"got {raw!r}") from None
+            raise ValueError(
+                f"environment variable {name} must be an integer, got {raw!r}"
+            ) from None
     rank, local_rank, world_size = values["RANK"], values["LOCAL_RANK"], values["WORLD_SIZE"]
     if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
-        raise ValueError(f"inconsistent torchrun environment: RANK={rank}, "
-                         f"LOCAL_RANK={local_rank}, WORLD_SIZE={world_size}")
+        raise ValueError(
+            f"inconsistent torchrun environment: RANK={rank}, "
+            f"LOCAL_RANK={local_rank}, WORLD_SIZE={world_size}"
+        )
     return DistInfo(rank, local_rank, world_size)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mlscratch.checkpoint import checkpoint_format, load_checkpoint
+from mlscratch.checkpoint import checkpoint_format, load_checkpoint, set_rng_state
 from mlscratch.llm.data import (
     encode_splits,
     load_tokenizer,
@@ -25,29 +25,33 @@ from mlscratch.llm.trainer import MODEL_FIELDS
 
 CHECKPOINT = "ckpt.pt"
 CHECKPOINT_FORMAT = checkpoint_format("gpt-run", 2)
-CHECKPOINT_KEYS = ("config", "model_config", "model", "optimizer", "iter", "best_val_loss",
-                   "rng", "metrics_bytes", "data")
+CHECKPOINT_KEYS = (
+    "config",
+    "model_config",
+    "model",
+    "optimizer",
+    "iter",
+    "best_val_loss",
+    "rng",
+    "metrics_bytes",
+    "data",
+)
 
 
 def run_state(trainer, rng_states, metrics_bytes, data, tokenizer):
     """Everything an exact resume needs, as tensors and plain values."""
-    return {"config": asdict(trainer.config), "model_config": asdict(trainer.model.config),
-            "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-            "iter": trainer.it, "best_val_loss": trainer.best_val_loss,
-            "rng": {"batches": trainer.batches.get_state(), "processes": rng_states},
-            "metrics_bytes": metrics_bytes, "data": data, "tokenizer": tokenizer.to_dict()}
-
-
-def rng_state(device):
-    """This process's random generators: torch's CPU one and, on a GPU, the CUDA one."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0)
-    return {"torch": torch.get_rng_state(), "cuda": cuda}
-
-
-def set_rng_state(state, device):
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"].numel():
-        torch.cuda.set_rng_state(state["cuda"], device)
+    return {
+        "config": asdict(trainer.config),
+        "model_config": asdict(trainer.model.config),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "iter": trainer.it,
+        "best_val_loss": trainer.best_val_loss,
+        "rng": {"batches": trainer.batches.get_state(), "processes": rng_states},
+        "metrics_bytes": metrics_bytes,
+        "data": data,
+        "tokenizer": tokenizer.to_dict(),
+    }
 
 
 def load_run_checkpoint(path):
@@ -80,17 +84,23 @@ def restore_run(trainer, ckpt, path):
 
 # model settings that change no weight: a resumed run may change them
 CHANGEABLE_ON_RESUME = ("dropout", "fused")
-FIXED_ON_RESUME = (*(name for name in MODEL_FIELDS if name not in CHANGEABLE_ON_RESUME),
-                   "data", "tokenizer", "vocab_size")
+FIXED_ON_RESUME = (
+    *(name for name in MODEL_FIELDS if name not in CHANGEABLE_ON_RESUME),
+    "data",
+    "tokenizer",
+    "vocab_size",
+)
 
 
 def check_resumable(ckpt, config, path):
     """A resumed run may change the schedule or the length, not the model or the data."""
     for name in FIXED_ON_RESUME:
         if ckpt["config"].get(name) != getattr(config, name):
-            raise ValueError(f"{path} was trained with {name}={ckpt['config'].get(name)!r}, "
-                             f"this run asks for {name}={getattr(config, name)!r}: "
-                             f"a resumed run keeps the model and the data")
+            raise ValueError(
+                f"{path} was trained with {name}={ckpt['config'].get(name)!r}, "
+                f"this run asks for {name}={getattr(config, name)!r}: "
+                f"a resumed run keeps the model and the data"
+            )
 
 
 def check_writable(out_dir):
@@ -112,21 +122,26 @@ def prepare_run(config, resume):
         ckpt = load_run_checkpoint(ckpt_path)
         check_resumable(ckpt, config, ckpt_path)
         if read_meta(out_dir) != ckpt["data"]:
-            raise ValueError(f"the token files in {out_dir} are not those {ckpt_path} was "
-                             f"trained on")
+            raise ValueError(
+                f"the token files in {out_dir} are not those {ckpt_path} was trained on"
+            )
         tokenizer, splits = load_tokenizer(out_dir), None
     else:
         if ckpt_path.exists():
-            raise ValueError(f"{out_dir} already holds a run: pass --resume to continue it, "
-                             f"or choose another out_dir")
+            raise ValueError(
+                f"{out_dir} already holds a run: pass --resume to continue it, "
+                f"or choose another out_dir"
+            )
         text = read_text(config.data)
         tokenizer = make_tokenizer(config.tokenizer, text, config.vocab_size)
         splits, ckpt = encode_splits(text, tokenizer), None
         for name, ids in splits.items():
             if len(ids) <= config.block_size:
-                raise ValueError(f"the corpus is too short: its {name} split has {len(ids)} "
-                                 f"tokens, a block needs block_size + 1 = "
-                                 f"{config.block_size + 1}")
+                raise ValueError(
+                    f"the corpus is too short: its {name} split has {len(ids)} "
+                    f"tokens, a block needs block_size + 1 = "
+                    f"{config.block_size + 1}"
+                )
     if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {config.device} asked for, but CUDA is not available")
     check_writable(out_dir)
@@ -182,8 +197,13 @@ def plot_metrics(metrics_path, png_path=None, ax=None):
         ax = fig.subplots()
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
-    ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.5,
-            label="training batch")
+    ax.plot(
+        [r["iter"] for r in steps],
+        [r["loss"] for r in steps],
+        lw=0.8,
+        alpha=0.5,
+        label="training batch",
+    )
     ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", label="train")
     ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "s-", label="validation")
     ax.set_xlabel("iteration")

@@ -21,21 +21,31 @@ def load_model(out_dir, device="cpu"):
     load_weights(model, ckpt["model"], path)
     tokenizer = load_tokenizer(out_dir)
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise ValueError(f"the tokenizer in {out_dir} has {tokenizer.vocab_size} tokens, the "
-                         f"model {model.config.vocab_size}")
+        raise ValueError(
+            f"the tokenizer in {out_dir} has {tokenizer.vocab_size} tokens, the "
+            f"model {model.config.vocab_size}"
+        )
     return model.to(device).eval(), tokenizer, ckpt
 
 
-def sample(model, tokenizer, prompt, max_new_tokens=200, temperature=1.0, top_k=None,
-           top_p=None, seed=None):
+def sample(
+    model, tokenizer, prompt, max_new_tokens=200, temperature=1.0, top_k=None, top_p=None, seed=None
+):
     """An iterator of the text pieces that follow prompt, as they are generated."""
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ValueError("the prompt is empty: give at least one character to start from")
     device = next(model.parameters()).device
-    idx = torch.tensor([ids[-model.config.block_size:]], device=device)  # the last block
-    tokens = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed, stream=True)  # checks the options now
+    idx = torch.tensor([ids[-model.config.block_size :]], device=device)  # the last block
+    tokens = model.generate(
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stream=True,
+    )  # checks the options now
     return decode_stream(tokens, tokenizer)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mlscratch.checkpoint import save_checkpoint
+from mlscratch.checkpoint import rng_state, save_checkpoint
 from mlscratch.llm import distributed
 from mlscratch.llm.data import load_split, read_meta
 from mlscratch.llm.gpt import num_params
@@ -22,7 +22,6 @@ from mlscratch.llm.run import (
     plot_metrics,
     prepare_run,
     restore_run,
-    rng_state,
     run_state,
     write_run_files,
 )
@@ -46,15 +45,20 @@ class Run(Trainer):
             self.net = DistributedDataParallel(self.net, device_ids=ids)
         keep = 0 if ckpt is None else ckpt["metrics_bytes"]
         self.log = MetricsLog(out_dir / "metrics.jsonl", keep) if info.is_main else None
-        self.bar = tqdm(total=config.max_iters, initial=self.it, unit="it",
-                        disable=not (progress and info.is_main))
+        self.bar = tqdm(
+            total=config.max_iters,
+            initial=self.it,
+            unit="it",
+            disable=not (progress and info.is_main),
+        )
 
     def save(self):
         """Checkpoint this state: rank 0 writes, with every process's random generators."""
         states = distributed.all_gather_object(rng_state(self.device), self.info)
         if self.info.is_main:
-            state = run_state(self, states, self.log.tell(), read_meta(self.out_dir),
-                              self.tokenizer)
+            state = run_state(
+                self, states, self.log.tell(), read_meta(self.out_dir), self.tokenizer
+            )
             save_checkpoint(state, self.out_dir / CHECKPOINT, CHECKPOINT_FORMAT)
         self.saved_at = self.it
 
@@ -95,8 +99,10 @@ def train(config, resume=False, progress=True):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     info = distributed.dist_info()
     if config.gradient_accumulation_steps % info.world_size:
-        raise ValueError(f"gradient_accumulation_steps ({config.gradient_accumulation_steps}) "
-                         f"must be a multiple of the number of processes ({info.world_size})")
+        raise ValueError(
+            f"gradient_accumulation_steps ({config.gradient_accumulation_steps}) "
+            f"must be a multiple of the number of processes ({info.world_size})"
+        )
     tokenizer, splits, ckpt = prepare_run(config, resume)
     info, device = distributed.setup(config.device)
     try:
@@ -119,8 +125,9 @@ def run_to_end(run):
                     run.read_loss()  # raises TrainingDiverged for a NaN
                 run.save()
     except TrainingDiverged as err:
-        raise TrainingDiverged(f"{err}; the last good checkpoint in {run.out_dir} is "
-                               f"kept") from None
+        raise TrainingDiverged(
+            f"{err}; the last good checkpoint in {run.out_dir} is kept"
+        ) from None
     finally:
         run.bar.close()
         if run.log is not None:
@@ -128,8 +135,14 @@ def run_to_end(run):
     run.clock.lap()
     if run.info.is_main:
         plot_metrics(run.out_dir / "metrics.jsonl", run.out_dir / "loss.png")
-    return {"iter": run.it, "train_loss": run.val.get("train"), "val_loss": run.val.get("val"),
-            "best_val_loss": run.best_val_loss, "tokens_per_s": run.clock.tokens_per_s(),
-            "train_s": run.clock.seconds, "wall_s": run.clock.elapsed(),
-            "num_params": num_params(run.model),
-            "interrupted": run.signal.name if stopped else None}
+    return {
+        "iter": run.it,
+        "train_loss": run.val.get("train"),
+        "val_loss": run.val.get("val"),
+        "best_val_loss": run.best_val_loss,
+        "tokens_per_s": run.clock.tokens_per_s(),
+        "train_s": run.clock.seconds,
+        "wall_s": run.clock.elapsed(),
+        "num_params": num_params(run.model),
+        "interrupted": run.signal.name if stopped else None,
+    }

@@ -66,39 +66,71 @@ def parse_bool(text):
 
 
 def build_train_parser():
-    parser = Parser(prog="mlscratch train", allow_abbrev=False,
-                    description="Train a GPT on a text file (nanoGPT's option names).")
-    groups = {True: parser.add_argument_group("the model (the fields of GPTConfig)"),
-              False: parser.add_argument_group("training")}
+    parser = Parser(
+        prog="mlscratch train",
+        allow_abbrev=False,
+        description="Train a GPT on a text file (nanoGPT's option names).",
+    )
+    groups = {
+        True: parser.add_argument_group("the model (the fields of GPTConfig)"),
+        False: parser.add_argument_group("training"),
+    }
     defaults = asdict(TrainConfig())
     for f in fields(TrainConfig):
         kind = base_type(f.type)
         explained = HELP.get(f.name, f"the model's {f.name}")
         groups[f.name in MODEL_FIELDS].add_argument(
-            f"--{f.name}", type=parse_bool if kind is bool else kind, default=argparse.SUPPRESS,
-            metavar=kind.__name__.upper(), help=f"{explained} (default: {defaults[f.name]})")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in out_dir from its checkpoint (options given "
-                             "here override its settings)")
+            f"--{f.name}",
+            type=parse_bool if kind is bool else kind,
+            default=argparse.SUPPRESS,
+            metavar=kind.__name__.upper(),
+            help=f"{explained} (default: {defaults[f.name]})",
+        )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in out_dir from its checkpoint (options given "
+        "here override its settings)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def build_sample_parser():
-    parser = Parser(prog="mlscratch sample", allow_abbrev=False,
-                    description="Generate text from the model trained in out_dir.")
+    parser = Parser(
+        prog="mlscratch sample",
+        allow_abbrev=False,
+        description="Generate text from the model trained in out_dir.",
+    )
     parser.add_argument("--out_dir", default="out", help="the training run (default: out)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    parser.add_argument("--max_new_tokens", type=int, default=500,
-                        help="tokens to generate per sample (default: 500)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="> 0; below 1 sharper, above 1 flatter (default: 0.8)")
-    parser.add_argument("--top_k", type=int, default=200,
-                        help="sample from the k most likely tokens only (default: 200)")
-    parser.add_argument("--top_p", type=float, default=None,
-                        help="nucleus sampling: smallest set of probability >= p (default: off)")
-    parser.add_argument("--seed", type=int, default=1337,
-                        help="random seed; sample i uses seed + i (default: 1337)")
+    parser.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=500,
+        help="tokens to generate per sample (default: 500)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="> 0; below 1 sharper, above 1 flatter (default: 0.8)",
+    )
+    parser.add_argument(
+        "--top_k",
+        type=int,
+        default=200,
+        help="sample from the k most likely tokens only (default: 200)",
+    )
+    parser.add_argument(
+        "--top_p",
+        type=float,
+        default=None,
+        help="nucleus sampling: smallest set of probability >= p (default: off)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1337, help="random seed; sample i uses seed + i (default: 1337)"
+    )
     parser.add_argument("--num_samples", type=int, default=1, help="samples (default: 1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     return parser
@@ -120,12 +152,17 @@ def train_command(argv):
         return 0
     ckpt = Path(config.out_dir) / CHECKPOINT
     if result["interrupted"]:
-        print(f"mlscratch train: stopped by {result['interrupted']} after iter "
-              f"{result['iter']}; saved {ckpt} (continue with --resume)", file=sys.stderr)
+        print(
+            f"mlscratch train: stopped by {result['interrupted']} after iter "
+            f"{result['iter']}; saved {ckpt} (continue with --resume)",
+            file=sys.stderr,
+        )
         return 0
     val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
-    print(f"iter {result['iter']}: val loss {val} (best {result['best_val_loss']:.4f}), "
-          f"{result['tokens_per_s']:,.0f} tokens/s, {result['wall_s']:.1f} s; checkpoint {ckpt}")
+    print(
+        f"iter {result['iter']}: val loss {val} (best {result['best_val_loss']:.4f}), "
+        f"{result['tokens_per_s']:,.0f} tokens/s, {result['wall_s']:.1f} s; checkpoint {ckpt}"
+    )
     return 0
 
 
@@ -136,8 +173,8 @@ def sample_command(argv):
     model, tokenizer, _ = load_model(args.out_dir, args.device)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
-        pieces = sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                        args.top_k, args.top_p, seed)
+        knobs = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed)
+        pieces = sample(model, tokenizer, args.prompt, *knobs)
         if i:
             sys.stdout.write("\n---------------\n")
         sys.stdout.write(args.prompt)

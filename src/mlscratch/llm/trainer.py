@@ -24,8 +24,11 @@ CPU_MODEL = dict(block_size=64, n_layer=4, n_head=4, n_embd=128)
 
 def model_settings(defaults):
     """A dataclass of GPTConfig's MODEL_FIELDS, their types, and their defaults or these."""
-    specs = [(f.name, f.type, field(default=defaults.get(f.name, f.default)))
-             for f in fields(GPTConfig) if f.name in MODEL_FIELDS]
+    specs = [
+        (f.name, f.type, field(default=defaults.get(f.name, f.default)))
+        for f in fields(GPTConfig)
+        if f.name in MODEL_FIELDS
+    ]
     return make_dataclass("ModelSettings", specs, namespace={"__module__": __name__})
 
 
@@ -54,8 +57,17 @@ def check_types(config):
             raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
-AT_LEAST = dict(eval_interval=1, eval_iters=1, log_interval=1, max_iters=0, batch_size=1,
-                block_size=1, gradient_accumulation_steps=1, warmup_iters=0, seed=0)
+AT_LEAST = dict(
+    eval_interval=1,
+    eval_iters=1,
+    log_interval=1,
+    max_iters=0,
+    batch_size=1,
+    block_size=1,
+    gradient_accumulation_steps=1,
+    warmup_iters=0,
+    seed=0,
+)
 
 
 def check_ranges(config):
@@ -72,11 +84,14 @@ def check_ranges(config):
         if not 0.0 <= getattr(config, name) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
     if config.min_lr is not None and not 0.0 <= config.min_lr <= config.learning_rate:
-        raise ValueError(f"min_lr must be in [0, learning_rate={config.learning_rate}], "
-                         f"got {config.min_lr}")
+        raise ValueError(
+            f"min_lr must be in [0, learning_rate={config.learning_rate}], got {config.min_lr}"
+        )
     if config.decay_lr and not config.warmup_iters < config.decay_iters:
-        raise ValueError(f"warmup_iters ({config.warmup_iters}) must be smaller than "
-                         f"lr_decay_iters ({config.decay_iters})")
+        raise ValueError(
+            f"warmup_iters ({config.warmup_iters}) must be smaller than "
+            f"lr_decay_iters ({config.decay_iters})"
+        )
     if config.tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {config.tokenizer!r}")
     if config.tokenizer == "bpe" and config.vocab_size < 256:
@@ -140,8 +155,9 @@ class TrainConfig(ModelSettings):
 
     def model_config(self, vocab_size):
         """The GPTConfig of this run for a tokenizer of vocab_size tokens."""
-        return GPTConfig(vocab_size=vocab_size,
-                         **{name: getattr(self, name) for name in MODEL_FIELDS})
+        return GPTConfig(
+            vocab_size=vocab_size, **{name: getattr(self, name) for name in MODEL_FIELDS}
+        )
 
 
 def train_loop(trainer):
@@ -216,8 +232,10 @@ class TrainingDiverged(ValueError):
 def check_finite(what, value, it):
     """Raise TrainingDiverged unless value (a float) is finite."""
     if not math.isfinite(value):
-        raise TrainingDiverged(f"the {what} is {value} at iter {it}: training diverged "
-                               f"(a smaller learning_rate may help)")
+        raise TrainingDiverged(
+            f"the {what} is {value} at iter {it}: training diverged "
+            f"(a smaller learning_rate may help)"
+        )
 
 
 def make_optimizer(model, config):
@@ -238,8 +256,8 @@ class Trainer:
 
     def __init__(self, config, data, vocab_size, device="cpu", rank=0, world_size=1):
         cfg = self.config = config
-        self.data, self.device = data, torch.device(device)
-        self.rank, self.world_size = rank, world_size
+        self.data, self.device, self.rank = data, torch.device(device), rank
+        self.world_size = world_size
         self.micro_steps = cfg.gradient_accumulation_steps // world_size
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         self.model = GPT(cfg.model_config(vocab_size)).to(self.device)
@@ -254,35 +272,35 @@ class Trainer:
     def micro_batches(self):
         """This process's micro-batches (x, y) of the next step, from the data position."""
         cfg, train = self.config, self.data["train"]
-        offsets = random_offsets(len(train), cfg.block_size,
-                                 (cfg.gradient_accumulation_steps, cfg.batch_size), self.batches)
-        mine = offsets[self.rank * self.micro_steps:(self.rank + 1) * self.micro_steps]
+        shape = (cfg.gradient_accumulation_steps, cfg.batch_size)
+        offsets = random_offsets(len(train), cfg.block_size, shape, self.batches)
+        mine = offsets[self.rank * self.micro_steps : (self.rank + 1) * self.micro_steps]
         return [batch_at(train, row, cfg.block_size, self.device) for row in mine]
 
     def evaluate(self):
         """Estimate the loss of both splits, on the same batches every time."""
         cfg, it = self.config, self.it
-        self.val = estimate_loss(self.model, self.data, cfg.block_size, cfg.batch_size,
-                                 cfg.eval_iters, cfg.seed, self.device, self.autocast,
-                                 self.rank, self.world_size, self.all_reduce_sum)
+        sizes = (cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed)
+        dist = dict(rank=self.rank, world_size=self.world_size, reduce=self.all_reduce_sum)
+        self.val = estimate_loss(self.model, self.data, *sizes, self.device, self.autocast, **dist)
         for name, value in self.val.items():
             check_finite(f"{name} loss", value, it)
         self.best_val_loss, self.evaluated_at = min(self.best_val_loss, self.val["val"]), it
-        self.record({"iter": it, "train_loss": self.val["train"], "val_loss": self.val["val"],
-                     "lr": cfg.lr_at(min(it, cfg.max_iters)), "elapsed_s": self.clock.elapsed()})
+        lr, elapsed = cfg.lr_at(min(it, cfg.max_iters)), self.clock.elapsed()
+        train, val = self.val["train"], self.val["val"]
+        self.record(dict(iter=it, train_loss=train, val_loss=val, lr=lr, elapsed_s=elapsed))
 
-    def read_loss(self):
-        """The mean loss of the step just taken, over all processes (a host sync)."""
+    def read_loss(self):  # the step's mean loss over all processes (a host sync)
         loss = self.all_reduce_sum(self.loss.clone()).item() / self.world_size
         check_finite("loss", loss, self.it - 1)
         return loss
 
     def log_step(self, lr):
         loss, (seconds, tokens) = self.read_loss(), self.clock.lap()
-        self.record({"iter": self.it - 1, "loss": loss, "lr": lr,
-                     "tokens_per_s": tokens / seconds, "elapsed_s": self.clock.elapsed()})
+        rate, elapsed = tokens / seconds, self.clock.elapsed()
+        self.record(dict(iter=self.it - 1, loss=loss, lr=lr, tokens_per_s=rate, elapsed_s=elapsed))
 
-    def record(self, line):
+    def record(self, line):  # a Run also writes it to metrics.jsonl
         self.history.append(line)
 
     def all_reduce_sum(self, tensor):  # the sum over all processes: here, one
@@ -296,8 +314,19 @@ class Trainer:
 
 
 @torch.no_grad()
-def estimate_loss(model, splits, block_size, batch_size, eval_iters, seed=0, device="cpu",
-                  autocast=None, rank=0, world_size=1, reduce=None):
+def estimate_loss(
+    model,
+    splits,
+    block_size,
+    batch_size,
+    eval_iters,
+    seed=0,
+    device="cpu",
+    autocast=None,
+    rank=0,
+    world_size=1,
+    reduce=None,
+):
     """{split: mean loss over eval_iters batches}, the same batches at every call."""
     autocast = nullcontext() if autocast is None else autocast
     was_training = model.training
@@ -324,8 +353,10 @@ def split_loss(model, data, block_size, batch_size=64, device="cpu"):
     """Mean loss over every token of a split, read in consecutive windows of block_size."""
     n_windows = (len(data) - 1) // block_size  # a window needs block_size + 1 tokens
     if n_windows < 1:
-        raise ValueError(f"the split has {len(data)} tokens, fewer than one window of "
-                         f"block_size + 1 = {block_size + 1}")
+        raise ValueError(
+            f"the split has {len(data)} tokens, fewer than one window of "
+            f"block_size + 1 = {block_size + 1}"
+        )
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mlscratch.checkpoint import checkpoint_format, save_checkpoint
+from mlscratch.checkpoint import checkpoint_format, rng_state, save_checkpoint, set_rng_state
 from mlscratch.llm.optim import AdamW, clip_grad_norm, configure_param_groups, lr_schedule
 from mlscratch.numpy_transformer.config import TransformerConfig
 from mlscratch.numpy_transformer.training import noam_lr
@@ -317,18 +317,6 @@ CHECKPOINT_KEYS = (
     "vocab_path",
     "history",
 )
-
-
-def rng_state(device):
-    """The states of PyTorch's CPU generator and, on a GPU, of CUDA's generators."""
-    cuda = device.type == "cuda"
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []}
-
-
-def set_rng_state(state, device):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_weights(model, ckpt):
