@@ -584,7 +584,7 @@ def num_params(model, non_embedding=True):
 
 
 def flops_per_token(model, T=None):
-    """Training FLOPs per token, forward and backward: 6 N + 12 L C T."""
+    """Training FLOPs per token, forward and backward: 6 N + 12 L C T (PaLM, appendix B)."""
     cfg = model.config
     T = cfg.block_size if T is None else T
     return 6 * num_params(model) + 12 * cfg.n_layer * cfg.n_embd * T
