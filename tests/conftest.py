@@ -39,5 +39,9 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def child_env():
-    """The environment for a subprocess that must import this checkout's package."""
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    """The environment for a child process: this checkout's package, one thread, and no
+    distributed ranks inherited from the parent."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env

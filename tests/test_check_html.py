@@ -8,16 +8,13 @@ import importlib.util
 import struct
 import sys
 import zlib
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("check_html", ROOT / ".ci" / "check_html.py")
+def check(repo_root):
+    spec = importlib.util.spec_from_file_location("check_html", repo_root / ".ci" / "check_html.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -15,7 +15,6 @@ from mlscratch.llm.run import CHECKPOINT, read_metrics
 from mlscratch.llm.run import load_run_checkpoint as load_checkpoint
 from mlscratch.llm.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Two processes, one batch: the gradients are averaged, the steps are the same.\n" * 40
 # Each process draws its own micro-batches from the step's offsets, and DDP divides every
 # gradient by the world size before summing, so on a CPU the losses come out equal to the
@@ -24,15 +23,7 @@ TEXT = "Two processes, one batch: the gradients are averaged, the steps are the 
 RTOL = 1e-6
 
 
-def child_env():
-    """This environment for a child process: our sources, one thread, no inherited ranks."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
-def torchrun(out_dir, args, **popen):
+def torchrun(out_dir, args, env, **popen):
     """`torchrun --nproc_per_node=2 -m mlscratch train` on CPU (Popen when given popen options)."""
     command = [
         sys.executable,
@@ -48,8 +39,8 @@ def torchrun(out_dir, args, **popen):
         *args,
     ]
     if popen:
-        return subprocess.Popen(command, env=child_env(), text=True, **popen)
-    return subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def tiny_run(tmp_path, *extra):
@@ -99,14 +90,14 @@ def test_accumulation_steps_must_split_evenly_between_processes(tmp_path, monkey
     assert not (tmp_path / "run").exists()
 
 
-def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path):
+def test_two_processes_give_the_losses_of_one_with_the_same_global_batch(tmp_path, child_env):
     args = tiny_run(tmp_path, "--eval_iters", "4", "--max_iters", "6", "--eval_interval", "3")
-    two = torchrun(tmp_path / "two", args)
+    two = torchrun(tmp_path / "two", args, child_env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("iter 6: val loss") == 1  # rank 0 alone reports
     one = subprocess.run(
         [sys.executable, "-m", "mlscratch", "train", "--out_dir", str(tmp_path / "one"), *args],
-        env=child_env(),
+        env=child_env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -132,7 +123,7 @@ def without_timings(out_dir):
     ]
 
 
-def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_path):
+def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_path, child_env):
     # lr_decay_iters fixed: the schedule must not depend on where a run stops
     args = tiny_run(
         tmp_path,
@@ -145,12 +136,14 @@ def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_
         "--dropout",
         "0.2",
     )
-    whole = torchrun(tmp_path / "whole", [*args, "--max_iters", "8"])
+    whole = torchrun(tmp_path / "whole", [*args, "--max_iters", "8"], child_env)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    first = torchrun(tmp_path / "parts", [*args, "--max_iters", "3"])  # stops between evals
+    first = torchrun(
+        tmp_path / "parts", [*args, "--max_iters", "3"], child_env
+    )  # stops between evals
     assert first.returncode == 0, first.stderr[-3000:]
     assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["iter"] == 3
-    rest = torchrun(tmp_path / "parts", [*args, "--max_iters", "8", "--resume"])
+    rest = torchrun(tmp_path / "parts", [*args, "--max_iters", "8", "--resume"], child_env)
     assert rest.returncode == 0, rest.stderr[-3000:]
     parts, uninterrupted = without_timings(tmp_path / "parts"), without_timings(tmp_path / "whole")
     # the stopped run evaluated at its last iter (3), the whole run did not
@@ -163,13 +156,14 @@ def test_a_resumed_two_process_run_with_dropout_equals_an_uninterrupted_one(tmp_
     assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
 
 
-def test_ctrl_c_under_torchrun_saves_one_checkpoint_that_resumes(tmp_path):
+def test_ctrl_c_under_torchrun_saves_one_checkpoint_that_resumes(tmp_path, child_env):
     args = tiny_run(tmp_path, "--eval_iters", "2", "--eval_interval", "100000")
     out = tmp_path / "run"
     # a process group of its own, as a terminal's foreground job: Ctrl-C signals all of it
     proc = torchrun(
         out,
         [*args, "--max_iters", "1000000"],
+        child_env,
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -188,7 +182,7 @@ def test_ctrl_c_under_torchrun_saves_one_checkpoint_that_resumes(tmp_path):
     assert ckpt["iter"] >= 5 and ckpt["metrics_bytes"] == metrics.stat().st_size
     assert len(ckpt["rng"]["processes"]) == 2
     stop = ckpt["iter"] + 2
-    rest = torchrun(out, [*args, "--max_iters", str(stop), "--resume"])
+    rest = torchrun(out, [*args, "--max_iters", str(stop), "--resume"], child_env)
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert load_checkpoint(out / CHECKPOINT)["iter"] == stop
     assert [r["iter"] for r in read_metrics(metrics)][-2:] == [stop - 1, stop]

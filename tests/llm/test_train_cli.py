@@ -17,7 +17,6 @@ from mlscratch.llm.run import load_run_checkpoint as load_checkpoint
 from mlscratch.llm.train_cli import main, sample_main
 from mlscratch.llm.trainer import MODEL_FIELDS, TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind.\n" * 40
 TINY = [
     "--n_layer",
@@ -36,7 +35,6 @@ TINY = [
     "1",
     "--quiet",
 ]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -237,11 +235,11 @@ def test_a_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, text_
     assert load_checkpoint(out / CHECKPOINT)["iter"] == 0
 
 
-def start(args, driver=None):
+def start(args, env, driver=None):
     code = driver or "import sys; from mlscratch.__main__ import main; sys.exit(main())"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
-        env=ENV,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -257,10 +255,11 @@ def wait_for(condition, proc, timeout=60):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_file, sig):
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_file, sig, child_env):
     out = tmp_path / "run"
     proc = start(
-        ["train", *run_args(out, text_file, "--max_iters", "100000", "--eval_interval", "1000")]
+        ["train", *run_args(out, text_file, "--max_iters", "100000", "--eval_interval", "1000")],
+        child_env,
     )
     metrics = out / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and len(read_metrics(metrics)) >= 3, proc)
@@ -289,10 +288,11 @@ sys.exit(main())
 """
 
 
-def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, text_file):
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, text_file, child_env):
     out = tmp_path / "run"
     proc = start(
         ["train", *run_args(out, text_file, "--max_iters", "8", "--eval_interval", "4")],
+        child_env,
         driver=SLOW_RENAME,
     )
     wait_for(lambda: list(out.glob(f"{CHECKPOINT}.*.tmp")) and (out / CHECKPOINT).exists(), proc)
@@ -309,7 +309,7 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, text_
     assert evals == [0, 4, 8]
 
 
-def test_the_dispatcher_runs_sample(tmp_path, text_file, capsys):
+def test_the_dispatcher_runs_sample(tmp_path, text_file, capsys, child_env):
     # the signal tests above run `train` through the dispatcher
     out = tmp_path / "run"
     assert main(run_args(out, text_file, "--max_iters", "1", "--eval_interval", "1")) == 0
@@ -326,7 +326,7 @@ def test_the_dispatcher_runs_sample(tmp_path, text_file, capsys):
             "--max_new_tokens",
             "5",
         ],
-        env=ENV,
+        env=child_env,
         capture_output=True,
         text=True,
     )
