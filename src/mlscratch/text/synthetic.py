@@ -89,14 +89,10 @@ def build_lexicon():
 LEXICON = build_lexicon()
 
 
-POS_NAMES = {
-    "det": "a determiner",
-    "adj": "an adjective",
-    "noun": "a noun",
-    "vt": "a verb",
-    "vi": "a verb",
-    "prep": "a preposition",
-}
+# fmt: off
+POS_NAMES = {"det": "a determiner", "adj": "an adjective", "noun": "a noun", "vt": "a verb",
+             "vi": "a verb", "prep": "a preposition"}
+# fmt: on
 
 
 class WordReader:
