@@ -3,7 +3,7 @@
 
 """Scaled dot-product and multi-head attention with hand-written backward passes.
 
-Part I, chapter 3. Masks are boolean arrays broadcastable to the scores' shape
+Masks are boolean arrays broadcastable to the scores' shape
 (B, n_heads, T, S), True where query t may attend key s.
 """
 

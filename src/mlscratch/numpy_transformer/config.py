@@ -22,15 +22,8 @@ class TransformerConfig:
     norm_first: bool = False
 
     def __post_init__(self):
-        for name in (
-            "src_vocab_size",
-            "tgt_vocab_size",
-            "d_model",
-            "n_heads",
-            "d_ff",
-            "n_layers",
-            "max_len",
-        ):
+        sizes = ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff")
+        for name in (*sizes, "n_layers", "max_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -181,9 +181,8 @@ class Transformer(Module):
     def backward(self, dlogits):
         """Fill every parameter's gradient from dL/dlogits (B, T, V)."""
         E = self.tgt_embed.params["weight"]  # (V, d_model)
-        self.tgt_embed.dparams["weight"] += dlogits.reshape(-1, E.shape[0]).T @ self.h.reshape(
-            -1, E.shape[1]
-        )
+        V, d = E.shape
+        self.tgt_embed.dparams["weight"] += dlogits.reshape(-1, V).T @ self.h.reshape(-1, d)
         dy, dmemory = self.decoder.backward(dlogits @ E)
         self.tgt_embed.backward(self.tgt_pos.backward(dy))
         self.src_embed.backward(self.src_pos.backward(self.encoder.backward(dmemory)))

@@ -10,90 +10,47 @@ also returns the word alignment, so the task comes with its answer key.
 import random
 from dataclasses import dataclass
 
+# fmt: off
 DETERMINERS = {  # source word -> (target word, the numbers it goes with)
-    "the": ("lo", "sp"),
-    "a": ("na", "s"),
-    "this": ("si", "s"),
-    "that": ("ta", "s"),
-    "my": ("mi", "sp"),
-    "your": ("ju", "sp"),
-    "these": ("si", "p"),
-    "those": ("ta", "p"),
-    "some": ("ke", "p"),
-    "two": ("du", "p"),
-    "three": ("tiru", "p"),
-    "four": ("kwato", "p"),
+    "the": ("lo", "sp"), "a": ("na", "s"), "this": ("si", "s"), "that": ("ta", "s"),
+    "my": ("mi", "sp"), "your": ("ju", "sp"), "these": ("si", "p"), "those": ("ta", "p"),
+    "some": ("ke", "p"), "two": ("du", "p"), "three": ("tiru", "p"), "four": ("kwato", "p"),
     "five": ("pemu", "p"),
 }
 ADJECTIVES = {
-    "red": "ruvo",
-    "green": "vesa",
-    "blue": "belu",
-    "big": "gora",
-    "small": "piku",
-    "old": "vano",
-    "young": "nuri",
-    "tall": "taku",
-    "quiet": "sapo",
-    "lazy": "molo",
-    "brave": "kuri",
-    "dark": "noka",
-    "bright": "selu",
-    "hungry": "gavi",
-    "sleepy": "dumi",
+    "red": "ruvo", "green": "vesa", "blue": "belu", "big": "gora", "small": "piku", "old": "vano",
+    "young": "nuri", "tall": "taku", "quiet": "sapo", "lazy": "molo", "brave": "kuri",
+    "dark": "noka", "bright": "selu", "hungry": "gavi", "sleepy": "dumi",
 }
+# fmt: on
 
 
+# fmt: off
 NOUNS = {  # (singular, plural) -> target word
-    ("cat", "cats"): "miso",
-    ("dog", "dogs"): "wofa",
-    ("bird", "birds"): "pipa",
-    ("fox", "foxes"): "reka",
-    ("horse", "horses"): "hipo",
-    ("mouse", "mice"): "nezu",
-    ("child", "children"): "kodo",
-    ("farmer", "farmers"): "nomu",
-    ("teacher", "teachers"): "seni",
-    ("king", "kings"): "raju",
-    ("queen", "queens"): "rani",
-    ("box", "boxes"): "bako",
-    ("table", "tables"): "tavo",
-    ("tree", "trees"): "kiru",
-    ("house", "houses"): "domo",
-    ("river", "rivers"): "kawa",
-    ("garden", "gardens"): "nivo",
-    ("bridge", "bridges"): "hasi",
-    ("apple", "apples"): "malu",
-    ("book", "books"): "lipu",
+    ("cat", "cats"): "miso", ("dog", "dogs"): "wofa", ("bird", "birds"): "pipa",
+    ("fox", "foxes"): "reka", ("horse", "horses"): "hipo", ("mouse", "mice"): "nezu",
+    ("child", "children"): "kodo", ("farmer", "farmers"): "nomu", ("teacher", "teachers"): "seni",
+    ("king", "kings"): "raju", ("queen", "queens"): "rani", ("box", "boxes"): "bako",
+    ("table", "tables"): "tavo", ("tree", "trees"): "kiru", ("house", "houses"): "domo",
+    ("river", "rivers"): "kawa", ("garden", "gardens"): "nivo", ("bridge", "bridges"): "hasi",
+    ("apple", "apples"): "malu", ("book", "books"): "lipu",
 }
 TRANSITIVE_VERBS = {  # (plural present, singular present, past) -> target stem
-    ("see", "sees", "saw"): "mika",
-    ("chase", "chases", "chased"): "oiko",
-    ("like", "likes", "liked"): "suki",
-    ("find", "finds", "found"): "toru",
-    ("follow", "follows", "followed"): "seku",
-    ("watch", "watches", "watched"): "nemi",
-    ("carry", "carries", "carried"): "hakobe",
-    ("push", "pushes", "pushed"): "osu",
-    ("help", "helps", "helped"): "tasu",
-    ("eat", "eats", "ate"): "tabe",
+    ("see", "sees", "saw"): "mika", ("chase", "chases", "chased"): "oiko",
+    ("like", "likes", "liked"): "suki", ("find", "finds", "found"): "toru",
+    ("follow", "follows", "followed"): "seku", ("watch", "watches", "watched"): "nemi",
+    ("carry", "carries", "carried"): "hakobe", ("push", "pushes", "pushed"): "osu",
+    ("help", "helps", "helped"): "tasu", ("eat", "eats", "ate"): "tabe",
 }
 INTRANSITIVE_VERBS = {
-    ("sleep", "sleeps", "slept"): "nemu",
-    ("run", "runs", "ran"): "hasu",
-    ("sit", "sits", "sat"): "suwa",
-    ("wait", "waits", "waited"): "mato",
-    ("sing", "sings", "sang"): "uto",
-    ("jump", "jumps", "jumped"): "tobu",
+    ("sleep", "sleeps", "slept"): "nemu", ("run", "runs", "ran"): "hasu",
+    ("sit", "sits", "sat"): "suwa", ("wait", "waits", "waited"): "mato",
+    ("sing", "sings", "sang"): "uto", ("jump", "jumps", "jumped"): "tobu",
 }
 PREPOSITIONS = {
-    "on": "ue",
-    "under": "sita",
-    "near": "soba",
-    "behind": "ura",
-    "with": "tomo",
-    "in": "naka",
+    "on": "ue", "under": "sita", "near": "soba", "behind": "ura", "with": "tomo", "in": "naka",
 }
+# fmt: on
 PLURAL_WORD = "ri"  # follows a plural noun in the target
 PAST_SUFFIX = "ta"  # ends a past-tense verb in the target
 
@@ -132,14 +89,10 @@ def build_lexicon():
 LEXICON = build_lexicon()
 
 
-POS_NAMES = {
-    "det": "a determiner",
-    "adj": "an adjective",
-    "noun": "a noun",
-    "vt": "a verb",
-    "vi": "a verb",
-    "prep": "a preposition",
-}
+# fmt: off
+POS_NAMES = {"det": "a determiner", "adj": "an adjective", "noun": "a noun", "vt": "a verb",
+             "vi": "a verb", "prep": "a preposition"}
+# fmt: on
 
 
 class WordReader:
