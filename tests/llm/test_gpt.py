@@ -26,7 +26,7 @@ def randomize(model, seed):
     return model
 
 
-def hf_gpt2(seed, dtype, n_layer, n_head, head_dim, vocab, n_pos, tie=True):
+def hf_gpt2(seed, dtype, n_layer, n_head, head_dim, vocab, n_pos, tie=True, act="gelu_new"):
     torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=vocab,
@@ -35,6 +35,7 @@ def hf_gpt2(seed, dtype, n_layer, n_head, head_dim, vocab, n_pos, tie=True):
         n_head=n_head,
         n_embd=n_head * head_dim,
         tie_word_embeddings=tie,
+        activation_function=act,
         attn_implementation="eager",
     )
     return randomize(GPT2LMHeadModel(cfg), seed).to(dtype).eval()
@@ -128,6 +129,39 @@ def test_gpt2_logits_equal_transformers(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=4, deadline=None, derandomize=True)
+@given(**shapes)
+def test_gpt2_exact_gelu_logits_equal_transformers(
+    dtype, seed, n_layer, n_head, head_dim, vocab, n_pos, batch, data
+):
+    """activation_function="gelu" (the erf form, nanoGPT's) loads as gelu="exact"."""
+    hf = hf_gpt2(seed, dtype, n_layer, n_head, head_dim, vocab, n_pos, act="gelu")
+    ours = GPT.from_hf(hf).eval()
+    assert ours.config.gelu == "exact"
+    T = data.draw(st.integers(1, n_pos), label="T")
+    idx = torch.randint(0, vocab, (batch, T), generator=torch.Generator().manual_seed(seed))
+    assert_same_logits(ours, hf, idx, dtype)
+
+
+def test_gpt2_gelu_forms_and_unknown_activation():
+    assert GPT.from_hf(hf_gpt2(0, torch.float32, 1, 2, 4, 10, 8)).config.gelu == "tanh"
+    tanh = hf_gpt2(0, torch.float32, 1, 2, 4, 10, 8, act="gelu_pytorch_tanh")
+    assert GPT.from_hf(tanh).config.gelu == "tanh"
+    with pytest.raises(ValueError, match="GPT-2 activation must be one of .* got 'relu'"):
+        GPT.from_hf(hf_gpt2(0, torch.float32, 1, 2, 4, 10, 8, act="relu"))
+
+
+def test_gelu_forms():
+    """The hand-written forms equal PyTorch's two GELUs; the two differ by < 1e-3."""
+    from mlscratch.llm.gpt import gelu
+
+    x = torch.linspace(-8, 8, 10001, dtype=torch.float64)
+    assert torch.allclose(gelu(x), F.gelu(x, approximate="tanh"), rtol=0, atol=1e-14)
+    assert torch.allclose(gelu(x, "exact"), F.gelu(x), rtol=0, atol=1e-14)
+    assert 1e-4 < (gelu(x) - gelu(x, "exact")).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @settings(
     max_examples=8,
     deadline=None,
@@ -203,6 +237,7 @@ def test_fused_path_equals_hand_written():
     torch.manual_seed(0)
     for cfg in (
         GPTConfig(vocab_size=50, block_size=20, n_layer=2, n_head=3, n_embd=24),
+        GPTConfig(vocab_size=50, block_size=20, n_layer=2, n_head=3, n_embd=24, gelu="exact"),
         GPTConfig.llama(vocab_size=50, block_size=20, n_layer=2, n_head=4, n_kv_head=2, n_embd=32),
     ):
         model = randomize(GPT(cfg), 0).eval()
@@ -250,6 +285,7 @@ def test_fused_path_with_cache_equals_full_recomputation():
         (dict(n_embd=10, n_head=3), "divisible by n_head"),
         (dict(n_head=6, n_kv_head=4, n_embd=24), "divisible by n_kv_head"),
         (dict(pos="alibi"), "pos must be one of"),
+        (dict(gelu="erf"), "gelu must be one of"),
         (dict(n_layer=0), "n_layer must be a positive integer"),
     ],
 )

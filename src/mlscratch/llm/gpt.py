@@ -26,6 +26,7 @@ def check_config(config):
         "pos": ("learned", "rope"),
         "norm": ("layernorm", "rmsnorm"),
         "mlp": ("gelu", "swiglu"),
+        "gelu": ("tanh", "exact"),
     }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
@@ -51,6 +52,7 @@ class GPTConfig:
     pos: str = "learned"  # "learned" | "rope"
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     mlp: str = "gelu"  # "gelu" | "swiglu"
+    gelu: str = "tanh"  # "tanh" (GPT-2's approximation) | "exact" (erf, as in nanoGPT)
     tie_weights: bool = True
     n_hidden: int | None = None  # MLP width; None: 4 n_embd (gelu), about 8/3 n_embd (swiglu)
     rope_theta: float = 10000.0
@@ -189,8 +191,10 @@ class CausalSelfAttention(nn.Module):
         return dropout(self.c_proj(y), p, True)
 
 
-def gelu(x):
-    """GELU in the tanh form GPT-2 uses."""
+def gelu(x, form="tanh"):
+    """GELU: x Phi(x) exactly (erf), or in the tanh form GPT-2 uses."""
+    if form == "exact":
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
@@ -215,7 +219,7 @@ class MLP(nn.Module):
         if self.config.mlp == "swiglu":
             h = act["swiglu"](self.c_gate(x)) * self.c_fc(x)
         else:
-            h = act["gelu"](self.c_fc(x))
+            h = act["gelu"](self.c_fc(x), self.config.gelu)
         return dropout(self.c_proj(h), self.config.dropout, self.training)
 
 
@@ -347,11 +351,15 @@ def token_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, eo
             return
 
 
+GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+
+
 def config_from_gpt2(hf_config):
     """A GPTConfig equal to a transformers GPT2Config."""
-    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+    if hf_config.activation_function not in GPT2_GELU:
         raise ValueError(
-            f"GPT-2 activation must be the tanh GELU, got {hf_config.activation_function!r}"
+            f"GPT-2 activation must be one of {tuple(GPT2_GELU)} (a GELU), "
+            f"got {hf_config.activation_function!r}"
         )
     if hf_config.scale_attn_by_inverse_layer_idx or not hf_config.scale_attn_weights:
         raise ValueError("only GPT-2's standard 1/sqrt(d) attention scaling is supported")
@@ -362,6 +370,7 @@ def config_from_gpt2(hf_config):
         n_head=hf_config.n_head,
         n_embd=hf_config.n_embd,
         n_hidden=hf_config.n_inner,
+        gelu=GPT2_GELU[hf_config.activation_function],
         norm_eps=hf_config.layer_norm_epsilon,
         tie_weights=hf_config.tie_word_embeddings,
     )
@@ -608,4 +617,7 @@ def fused_attention(q, k, v, p):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=gqa)
 
 
-fused_activation = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "swiglu": F.silu}
+fused_activation = {
+    "gelu": lambda x, form: F.gelu(x, approximate="tanh" if form == "tanh" else "none"),
+    "swiglu": F.silu,
+}
