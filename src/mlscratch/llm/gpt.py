@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlscratch.llm import functions
+
 
 def check_config(config):
     """Raise ValueError for sizes that do not fit together or for an unknown switch."""
@@ -58,6 +60,7 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     fused: bool = False  # the same computation with PyTorch's fused kernels
+    hand_backward: bool = False  # GELU and LayerNorm with the backward passes of functions
 
     def __post_init__(self):
         check_config(self)
@@ -111,6 +114,8 @@ class Norm(nn.Module):
     def forward(self, x):  # (B, T, C)
         if self.config.fused:
             return fused_norm(self, x)
+        if self.config.hand_backward and self.kind == "layernorm":
+            return functions.layer_norm(x, self.weight, self.bias, self.eps)
         if self.kind == "rmsnorm":
             return self.weight * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps))
         mu = x.mean(-1, keepdim=True)
@@ -215,7 +220,8 @@ class MLP(nn.Module):
         self.c_proj = Linear(config.n_hidden, config.n_embd, config)
 
     def forward(self, x):
-        act = fused_activation if self.config.fused else {"gelu": gelu, "swiglu": silu}
+        act = {"gelu": functions.gelu if self.config.hand_backward else gelu, "swiglu": silu}
+        act = fused_activation if self.config.fused else act
         if self.config.mlp == "swiglu":
             h = act["swiglu"](self.c_gate(x)) * self.c_fc(x)
         else:
