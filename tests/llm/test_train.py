@@ -95,11 +95,13 @@ def test_the_model_settings_are_gptconfigs_fields():
         pos="rope",
         norm="rmsnorm",
         mlp="swiglu",
+        gelu="exact",
         tie_weights=False,
         n_hidden=96,
         rope_theta=500.0,
         norm_eps=1e-6,
         fused=True,
+        hand_backward=True,
     )
     assert set(changed) == set(names), "a new GPTConfig field: give it a value here"
     assert TrainConfig(**changed).model_config(100) == GPTConfig(vocab_size=100, **changed)
