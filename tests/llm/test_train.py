@@ -10,7 +10,7 @@ import torch
 from mlscratch.llm import trainer as trainer_module
 from mlscratch.llm.data import encode_splits, load_split, load_tokenizer, make_tokenizer
 from mlscratch.llm.gpt import GPTConfig
-from mlscratch.llm.run import CHECKPOINT, FIXED_ON_RESUME, read_metrics
+from mlscratch.llm.run import CHECKPOINT, FIXED_ON_RESUME, check_resumable, read_metrics
 from mlscratch.llm.run import load_run_checkpoint as load_checkpoint
 from mlscratch.llm.sample import load_model, sample
 from mlscratch.llm.train import TrainConfig, train
@@ -329,3 +329,13 @@ def test_the_progress_bar_shows_the_loss_and_tokens_per_second(tmp_path, text_fi
     train(config(tmp_path, text_file, max_iters=4, eval_interval=4, log_interval=2))
     err = capsys.readouterr().err
     assert "4/4" in err and "loss=" in err and "tok_s=" in err, err
+
+
+def test_a_setting_the_checkpoint_predates_counts_as_its_default():
+    """A checkpoint written before a model field existed resumes when the run keeps the
+    field's default, and refuses a run that asks for another value."""
+    saved = {k: v for k, v in vars(TrainConfig()).items() if k != "gelu"}
+    check_resumable({"config": saved}, TrainConfig(), "ckpt.pt")
+    check_resumable({"config": saved}, TrainConfig(hand_backward=True), "ckpt.pt")  # same model
+    with pytest.raises(ValueError, match="was trained with gelu='tanh'"):
+        check_resumable({"config": saved}, TrainConfig(gelu="exact"), "ckpt.pt")

@@ -21,7 +21,7 @@ from mlscratch.llm.data import (
     read_text,
     write_splits,
 )
-from mlscratch.llm.trainer import MODEL_FIELDS
+from mlscratch.llm.trainer import MODEL_FIELDS, TrainConfig
 
 CHECKPOINT = "ckpt.pt"
 CHECKPOINT_FORMAT = checkpoint_format("gpt-run", 2)
@@ -83,7 +83,7 @@ def restore_run(trainer, ckpt, path):
 
 
 # model settings that change no weight: a resumed run may change them
-CHANGEABLE_ON_RESUME = ("dropout", "fused")
+CHANGEABLE_ON_RESUME = ("dropout", "fused", "hand_backward")  # the same model
 FIXED_ON_RESUME = (
     *(name for name in MODEL_FIELDS if name not in CHANGEABLE_ON_RESUME),
     "data",
@@ -93,11 +93,14 @@ FIXED_ON_RESUME = (
 
 
 def check_resumable(ckpt, config, path):
-    """A resumed run may change the schedule or the length, not the model or the data."""
+    """A resumed run may change the schedule or the length, not the model or the data.
+
+    A setting that the checkpoint predates counts as its default."""
+    saved = {**asdict(TrainConfig()), **ckpt["config"]}
     for name in FIXED_ON_RESUME:
-        if ckpt["config"].get(name) != getattr(config, name):
+        if saved[name] != getattr(config, name):
             raise ValueError(
-                f"{path} was trained with {name}={ckpt['config'].get(name)!r}, "
+                f"{path} was trained with {name}={saved[name]!r}, "
                 f"this run asks for {name}={getattr(config, name)!r}: "
                 f"a resumed run keeps the model and the data"
             )
