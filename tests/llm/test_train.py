@@ -107,7 +107,8 @@ def test_the_model_settings_are_gptconfigs_fields():
     assert TrainConfig(**changed).model_config(100) == GPTConfig(vocab_size=100, **changed)
     assert TrainConfig().model_config(65).n_layer == 4  # the CPU defaults, not GPT-2 small's
     fixed = set(FIXED_ON_RESUME)
-    assert fixed == set(names) - {"dropout", "fused"} | {"data", "tokenizer", "vocab_size"}
+    same_model = {"dropout", "fused", "hand_backward"}  # may change when a run resumes
+    assert fixed == set(names) - same_model | {"data", "tokenizer", "vocab_size"}
 
 
 def test_the_decay_defaults_to_max_iters_but_outlasts_the_warmup():
