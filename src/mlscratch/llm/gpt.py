@@ -535,9 +535,8 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
-        self.config = config
-        V, C = config.vocab_size, config.n_embd
-        self.wte = nn.Parameter(torch.empty(V, C))
+        self.config, C = config, config.n_embd
+        self.wte = nn.Parameter(torch.empty(config.vocab_size, C))
         if config.pos == "learned":
             self.wpe = nn.Parameter(torch.empty(config.block_size, C))
         else:
@@ -547,7 +546,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = Norm(config)
         if not config.tie_weights:
-            self.lm_head = nn.Parameter(torch.empty(V, C))
+            self.lm_head = nn.Parameter(torch.empty(config.vocab_size, C))
         init_weights(self)
 
     def forward(self, idx, targets=None, cache=None):
@@ -576,9 +575,8 @@ class GPT(nn.Module):
         iterator of (B,) tokens with stream=True. use_cache=False recomputes every step."""
         check_ids(idx, self.config)
         check_sampling(self.config, max_new_tokens, temperature, top_k, top_p, eos_id)
-        tokens = token_stream(
-            self, idx, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache
-        )
+        knobs = (temperature, top_k, top_p, seed, eos_id, use_cache)
+        tokens = token_stream(self, idx, max_new_tokens, *knobs)
         return tokens if stream else torch.cat([idx, *(t[:, None] for t in tokens)], dim=1)
 
     @classmethod

@@ -45,20 +45,15 @@ class Run(Trainer):
             self.net = DistributedDataParallel(self.net, device_ids=ids)
         keep = 0 if ckpt is None else ckpt["metrics_bytes"]
         self.log = MetricsLog(out_dir / "metrics.jsonl", keep) if info.is_main else None
-        self.bar = tqdm(
-            total=config.max_iters,
-            initial=self.it,
-            unit="it",
-            disable=not (progress and info.is_main),
-        )
+        shown = progress and info.is_main
+        self.bar = tqdm(total=config.max_iters, initial=self.it, unit="it", disable=not shown)
 
     def save(self):
         """Checkpoint this state: rank 0 writes, with every process's random generators."""
         states = distributed.all_gather_object(rng_state(self.device), self.info)
         if self.info.is_main:
-            state = run_state(
-                self, states, self.log.tell(), read_meta(self.out_dir), self.tokenizer
-            )
+            meta, size = read_meta(self.out_dir), self.log.tell()
+            state = run_state(self, states, size, meta, self.tokenizer)
             save_checkpoint(state, self.out_dir / CHECKPOINT, CHECKPOINT_FORMAT)
         self.saved_at = self.it
 

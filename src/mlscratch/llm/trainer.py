@@ -255,9 +255,8 @@ class Trainer:
     """The state the core loop steps: model, optimizer, data position, steps and losses."""
 
     def __init__(self, config, data, vocab_size, device="cpu", rank=0, world_size=1):
-        cfg = self.config = config
-        self.data, self.device, self.rank = data, torch.device(device), rank
-        self.world_size = world_size
+        cfg, self.data, self.device = config, data, torch.device(device)
+        self.config, self.rank, self.world_size = config, rank, world_size
         self.micro_steps = cfg.gradient_accumulation_steps // world_size
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         self.model = GPT(cfg.model_config(vocab_size)).to(self.device)
@@ -269,8 +268,7 @@ class Trainer:
         self.it, self.evaluated_at, self.loss, self.val = 0, None, None, {}
         self.best_val_loss, self.history, self.clock = math.inf, [], Throughput()
 
-    def micro_batches(self):
-        """This process's micro-batches (x, y) of the next step, from the data position."""
+    def micro_batches(self):  # this process's micro-batches (x, y) of the next step
         cfg, train = self.config, self.data["train"]
         shape = (cfg.gradient_accumulation_steps, cfg.batch_size)
         offsets = random_offsets(len(train), cfg.block_size, shape, self.batches)

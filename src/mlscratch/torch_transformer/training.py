@@ -372,25 +372,23 @@ class Trainer:
         limit = min(n for n in (max_iters, c.max_iters, math.inf) if n is not None)
         start, base, meter = time.perf_counter(), self.elapsed, LossMeter(self.device)
         deadline = math.inf if max_seconds is None else start + max_seconds
-        bar = progress_bar(limit, self.step, self.progress)
-        while self.step < limit and time.perf_counter() < deadline:
-            batches = [next(self.data) for _ in range(c.gradient_accumulation_steps)]
-            lr = c.lr_at(self.step, d_model)
-            meter.add(accumulate(self.model, batches, c.label_smoothing, self.ids[0]), batches)
-            update(self.model, self.optimizer, lr, c.grad_clip)
-            self.step += 1
-            bar.update()
-            if self.step % c.log_interval == 0:
-                t = base + time.perf_counter() - start
-                record = meter.record(step=self.step, epoch=self.data.epoch, lr=lr, elapsed=t)
-                self.history.append(record)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-        bar.close()
+        with progress_bar(limit, self.step, self.progress) as bar:
+            while self.step < limit and time.perf_counter() < deadline:
+                batches = [next(self.data) for _ in range(c.gradient_accumulation_steps)]
+                lr = c.lr_at(self.step, d_model)
+                meter.add(accumulate(self.model, batches, c.label_smoothing, self.ids[0]), batches)
+                update(self.model, self.optimizer, lr, c.grad_clip)
+                self.step += 1
+                bar.update()
+                if self.step % c.log_interval == 0:
+                    t = base + time.perf_counter() - start
+                    record = meter.record(step=self.step, epoch=self.data.epoch, lr=lr, elapsed=t)
+                    self.history.append(record)
+                    bar.set_postfix(loss=f"{record['train_loss']:.3f}")
         self.elapsed = base + time.perf_counter() - start
         return self.history
 
-    def evaluate(self, pairs, batch_tokens=None):
-        """Mean cross-entropy per target token (no smoothing) of (src, tgt) id pairs."""
+    def evaluate(self, pairs, batch_tokens=None):  # mean loss per target token, unsmoothed
         return evaluate_loss(self.model, pairs, batch_tokens or self.config.batch_tokens, self.ids)
 
     def state_dict(self):
