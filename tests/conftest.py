@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +46,22 @@ def child_env():
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
+
+
+def make_pairs(n, seed=0, vocab=20, max_len=9):
+    """n random (source ids, target ids) pairs of lengths 1..max_len-1 and 0..max_len-1,
+    ids from 3 up (0, 1, 2 are padding, beginning and end of sentence)."""
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
+            rng.integers(3, vocab, rng.integers(0, max_len)).tolist(),
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture(scope="session")
+def random_pairs():
+    """A function: (n, seed=0, vocab=20, max_len=9) -> n random sentence pairs of ids."""
+    return make_pairs

@@ -48,25 +48,9 @@ def tiny_run(tmp_path, *extra):
     data = tmp_path / "text.txt"
     data.write_text(TEXT, encoding="utf-8")
     return [
-        "--data",
-        str(data),
-        "--n_layer",
-        "1",
-        "--n_head",
-        "2",
-        "--n_embd",
-        "16",
-        "--block_size",
-        "16",
-        "--batch_size",
-        "4",
-        "--warmup_iters",
-        "1",
-        "--log_interval",
-        "1",
-        "--gradient_accumulation_steps",
-        "2",
-        "--quiet",
+        *("--data", str(data), "--quiet"),
+        *"--n_layer 1 --n_head 2 --n_embd 16 --block_size 16 --batch_size 4".split(),
+        *"--warmup_iters 1 --log_interval 1 --gradient_accumulation_steps 2".split(),
         *extra,
     ]
 

@@ -18,23 +18,10 @@ from mlscratch.llm.train_cli import main, sample_main
 from mlscratch.llm.trainer import MODEL_FIELDS, TrainConfig
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind.\n" * 40
-TINY = [
-    "--n_layer",
-    "1",
-    "--n_head",
-    "2",
-    "--n_embd",
-    "16",
-    "--block_size",
-    "16",
-    "--batch_size",
-    "4",
-    "--eval_iters",
-    "2",
-    "--warmup_iters",
-    "1",
-    "--quiet",
-]
+TINY = (
+    "--n_layer 1 --n_head 2 --n_embd 16 --block_size 16 --batch_size 4 --eval_iters 2 "
+    "--warmup_iters 1 --quiet"
+).split()
 
 
 @pytest.fixture

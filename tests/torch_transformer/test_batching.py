@@ -1,7 +1,6 @@
 """Chapter "Multi30k" (Part III), padded batches: every pair once per epoch within the
 token budget, the order fixed by the seed, clear errors for impossible input."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,17 +9,6 @@ from hypothesis import strategies as st
 from mlscratch.torch_transformer.batching import make_batch, pad, token_batches
 
 PAD, BOS, EOS = 0, 1, 2
-
-
-def random_pairs(n, seed=0, vocab=20, max_len=9):
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
-            rng.integers(3, vocab, rng.integers(0, max_len)).tolist(),
-        )
-        for _ in range(n)
-    ]
 
 
 def test_pad_and_make_batch():
@@ -34,7 +22,7 @@ def test_pad_and_make_batch():
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 60), st.integers(12, 80), st.integers(0, 10**6))
-def test_token_batches_cover_every_pair_once_within_budget(n, budget, seed):
+def test_token_batches_cover_every_pair_once_within_budget(random_pairs, n, budget, seed):
     pairs = random_pairs(n, seed)
     batches = token_batches(pairs, budget, PAD, BOS, EOS, seed=(seed, 1))
     seen = []
@@ -53,7 +41,7 @@ def test_token_batches_cover_every_pair_once_within_budget(n, budget, seed):
     assert sorted(seen) == sorted(pairs)
 
 
-def test_token_batches_order_depends_on_the_seed_only():
+def test_token_batches_order_depends_on_the_seed_only(random_pairs):
     pairs = random_pairs(200)
     first = token_batches(pairs, 64, PAD, BOS, EOS, seed=(0, 0))
     again = token_batches(pairs, 64, PAD, BOS, EOS, seed=(0, 0))

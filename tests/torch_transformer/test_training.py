@@ -5,7 +5,6 @@ import json
 import math
 from dataclasses import asdict
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -31,17 +30,6 @@ from mlscratch.torch_transformer.training import (
 )
 
 PAD, BOS, EOS = 0, 1, 2
-
-
-def random_pairs(n, seed=0, vocab=20, max_len=9):
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            rng.integers(3, vocab, rng.integers(1, max_len)).tolist(),
-            rng.integers(3, vocab, rng.integers(0, max_len)).tolist(),
-        )
-        for _ in range(n)
-    ]
 
 
 def small_model(dropout=0.0, dtype=torch.float32, seed=0, **kw):
@@ -213,7 +201,7 @@ def grads_of(model):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_accumulating_micro_batches_equals_one_big_batch(norm_first):
+def test_accumulating_micro_batches_equals_one_big_batch(norm_first, random_pairs):
     pairs = random_pairs(24, seed=3)
     micro = token_batches(pairs, 40, PAD, BOS, EOS, seed=1)
     assert len(micro) >= 3
@@ -244,7 +232,7 @@ def test_accumulating_micro_batches_equals_one_big_batch(norm_first):
         assert (grads_k[name] - grads_1[name]).abs().max() <= 1e-6 * scale, name
 
 
-def test_accumulation_steps_consume_micro_batches():
+def test_accumulation_steps_consume_micro_batches(random_pairs):
     pairs = random_pairs(30, seed=4)
     a = trainer(small_model(), pairs)
     b = trainer(small_model(), pairs, gradient_accumulation_steps=3)
@@ -256,7 +244,7 @@ def test_accumulation_steps_consume_micro_batches():
 # ---------------------------------------------------------------- training, checkpoints
 
 
-def test_training_reduces_the_loss_and_logs(tmp_path):
+def test_training_reduces_the_loss_and_logs(tmp_path, random_pairs):
     pairs = [(s, s[::-1]) for s, _ in random_pairs(64, seed=5, vocab=10, max_len=6)]
     model = small_model(d_model=32, n_heads=4, d_ff=64, n_layers=2)
     t = trainer(
@@ -282,7 +270,7 @@ def test_training_reduces_the_loss_and_logs(tmp_path):
     assert len(ax.lines) == 2
 
 
-def test_evaluate_is_the_mean_token_cross_entropy():
+def test_evaluate_is_the_mean_token_cross_entropy(random_pairs):
     pairs = random_pairs(10, seed=6)
     model = small_model(dropout=0.3)
     t = trainer(model, pairs)
@@ -294,9 +282,8 @@ def test_evaluate_is_the_mean_token_cross_entropy():
     assert t.evaluate(pairs) == pytest.approx(expected.item(), rel=1e-5)
 
 
-def run(steps_before_save, total, tmp_path, accumulation=2):
+def run(pairs, steps_before_save, total, tmp_path, accumulation=2):
     """Train `total` updates, saving and restoring into fresh objects after the first ones."""
-    pairs = random_pairs(40, seed=7)
     kw = dict(batch_tokens=48, gradient_accumulation_steps=accumulation, log_interval=1)
     t = trainer(small_model(dropout=0.2), pairs, **kw)
     if steps_before_save is not None:
@@ -314,9 +301,10 @@ def run(steps_before_save, total, tmp_path, accumulation=2):
     return t
 
 
-def test_resuming_from_a_checkpoint_is_identical_to_an_uninterrupted_run(tmp_path):
-    straight = run(None, 12, tmp_path)  # 24 micro-batches: several epochs of 40 pairs
-    resumed = run(5, 12, tmp_path)
+def test_resuming_from_a_checkpoint_is_identical_to_an_uninterrupted_run(tmp_path, random_pairs):
+    pairs = random_pairs(40, seed=7)
+    straight = run(pairs, None, 12, tmp_path)  # 24 micro-batches: several epochs of 40 pairs
+    resumed = run(pairs, 5, 12, tmp_path)
     assert straight.data.epoch >= 2
     assert straight.data.state_dict() == resumed.data.state_dict()
     for (name, a), b in zip(
@@ -327,7 +315,7 @@ def test_resuming_from_a_checkpoint_is_identical_to_an_uninterrupted_run(tmp_pat
     assert losses == [r["train_loss"] for r in resumed.history]
 
 
-def test_checkpoint_round_trip(tmp_path):
+def test_checkpoint_round_trip(tmp_path, random_pairs):
     pairs = random_pairs(20)
     t = trainer(small_model(), pairs)
     t.vocab_path = "vocab.json"
@@ -344,7 +332,7 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_corrupt_or_foreign_checkpoints_raise_one_line_errors(tmp_path):
+def test_corrupt_or_foreign_checkpoints_raise_one_line_errors(tmp_path, random_pairs):
     t = trainer(small_model(), random_pairs(10))
     t.save(tmp_path / "good.pt")
     data = (tmp_path / "good.pt").read_bytes()
@@ -369,7 +357,7 @@ def test_corrupt_or_foreign_checkpoints_raise_one_line_errors(tmp_path):
         load(tmp_path / "missing.pt")
 
 
-def test_a_version_1_checkpoint_fails_with_one_line_naming_both_formats(tmp_path):
+def test_a_version_1_checkpoint_fails_with_one_line_naming_both_formats(tmp_path, random_pairs):
     t = trainer(small_model(), random_pairs(10))
     t.train(max_iters=2)
     old = {**t.state_dict(), "format": "mlscratch-translation-checkpoint-v1"}
@@ -394,7 +382,7 @@ def test_loading_uses_weights_only(tmp_path):
         load(tmp_path / "evil.pt")
 
 
-def test_mismatched_weights_are_named(tmp_path):
+def test_mismatched_weights_are_named(tmp_path, random_pairs):
     t = trainer(small_model(), random_pairs(10))
     t.save(tmp_path / "c.pt")
     ckpt = load(tmp_path / "c.pt")
@@ -410,7 +398,7 @@ def test_mismatched_weights_are_named(tmp_path):
         trainer(small_model(d_ff=8), random_pairs(10)).restore(load(tmp_path / "c.pt"))
 
 
-def test_trainer_refuses_bad_arguments():
+def test_trainer_refuses_bad_arguments(random_pairs):
     model, pairs = small_model(), random_pairs(5)
     with pytest.raises(TypeError, match="TrainConfig"):
         Trainer(model, pairs, {"learning_rate": 1}, pad_id=PAD, bos_id=BOS, eos_id=EOS)
