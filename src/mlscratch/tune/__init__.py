@@ -1,0 +1,23 @@
+"""Part V: from a pretrained model to a useful one (fine-tuning, instruction tuning, LoRA).
+
+The names below load on first use, like `mlscratch.llm`'s, so importing one module of this
+package does not import the chapters after it.
+"""
+
+import importlib
+
+# public name -> the module (in this package) that defines it
+_FACE = {}
+__all__ = list(_FACE)
+
+
+def __getattr__(name):
+    if name not in _FACE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
