@@ -303,7 +303,8 @@ def read_json(path):
 def read_gpt2_tokenizer(vocab_path, merges_path):
     """A BPETokenizer from GPT-2's vocab.json and merges.txt (GPT-2's split pattern)."""
     lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#")]
+    lines = lines[1:] if lines and lines[0].startswith("#version") else lines
+    merges = [tuple(line.split(" ")) for line in lines if line]  # a token may start with #
     return bpe_from_vocab(read_json(vocab_path), merges, "gpt2", merges_path)
 
 
