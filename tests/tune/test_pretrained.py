@@ -139,7 +139,9 @@ def test_logits_equal_transformers(saved):
     path, hf = saved
     model, tokenizer = load_pretrained(path)
     assert not model.training and tokenizer.vocab_size == model.config.vocab_size
-    idx = torch.randint(0, model.config.vocab_size, (3, 32), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(
+        0, model.config.vocab_size, (3, 32), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=1e-5, rtol=1e-5)
 
@@ -259,7 +261,9 @@ def test_tokenizer_files_refused_with_a_reason(tokenizer, tmp_path):
     wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
     (tmp_path / "wp").mkdir()
     wordpiece.save(str(tmp_path / "wp" / "tokenizer.json"))
-    with pytest.raises(ValueError, match="holds a WordPiece model with the pre-tokenizer Whitespace"):
+    with pytest.raises(
+        ValueError, match="holds a WordPiece model with the pre-tokenizer Whitespace"
+    ):
         load_hf_tokenizer(tmp_path / "wp")
     with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
         load_hf_tokenizer(tmp_path / "wp" / "..nothing")
