@@ -204,8 +204,8 @@ def texts():
     rng = random.Random(0)
     corpus = default_corpus()
     alphabet = "aé ü\n\t  ßπ中文🙂'sll've\r\n123 4567.,;:!?()" + "\u00a0\u2028\x00\x7f"
-    yield from ["", " ", "   \n\n\t  x  ", "Hello, world! It's 2024.", "x" * 300, "🙂🙂 a",
-                f"text{SPECIAL}more {SPECIAL} ", "def f(x):\n    return x ** 2  # sq\n"]  # fmt: skip
+    yield from ["", " ", "   \n\n\t  x  ", "Hello, world! It's 2024.", "x" * 300, "🙂🙂 a"]
+    yield from [f"text{SPECIAL}more {SPECIAL} ", "def f(x):\n    return x ** 2  # sq\n"]
     for _ in range(20):
         yield "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80)))
     for _ in range(5):
