@@ -17,15 +17,15 @@ def _tangle(args):
 
 
 def _train(args):
-    from mlscratch.llm import train_cli
+    from mlscratch.tune import cli  # Part IV's command, with Part V's --init_from
 
-    return train_cli.main(args)
+    return cli.main(args)
 
 
 def _sample(args):
-    from mlscratch.llm import train_cli
+    from mlscratch.tune import cli
 
-    return train_cli.sample_main(args)
+    return cli.sample_main(args)
 
 
 def _tokenizer(args):

@@ -115,8 +115,10 @@ def check_writable(out_dir):
     probe.unlink()
 
 
-def prepare_run(config, resume):
-    """Check everything, reading but writing nothing; returns (tokenizer, splits, ckpt)."""
+def prepare_run(config, resume, tokenizer=None):
+    """Check everything, reading but writing nothing; returns (tokenizer, splits, ckpt).
+
+    A new run trains its tokenizer on the text, unless one is given (a pretrained model's)."""
     out_dir = Path(config.out_dir)
     ckpt_path = out_dir / CHECKPOINT
     if resume:
@@ -136,7 +138,8 @@ def prepare_run(config, resume):
                 f"or choose another out_dir"
             )
         text = read_text(config.data)
-        tokenizer = make_tokenizer(config.tokenizer, text, config.vocab_size)
+        if tokenizer is None:
+            tokenizer = make_tokenizer(config.tokenizer, text, config.vocab_size)
         splits, ckpt = encode_splits(text, tokenizer), None
         for name, ids in splits.items():
             if len(ids) <= config.block_size:

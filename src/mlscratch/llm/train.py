@@ -19,6 +19,7 @@ from mlscratch.llm.run import (
     CHECKPOINT_FORMAT,
     MetricsLog,
     StopSignal,
+    load_weights,
     plot_metrics,
     prepare_run,
     restore_run,
@@ -31,7 +32,7 @@ from mlscratch.llm.trainer import TrainConfig, Trainer, TrainingDiverged, train_
 class Run(Trainer):
     """A Trainer whose run lives in out_dir: checkpoints, metrics.jsonl, signals, processes."""
 
-    def __init__(self, config, tokenizer, ckpt, info, device, progress=True):
+    def __init__(self, config, tokenizer, ckpt, info, device, progress=True, weights=None):
         out_dir = Path(config.out_dir)
         data = {name: load_split(out_dir / f"{name}.bin") for name in ("train", "val")}
         super().__init__(config, data, tokenizer.vocab_size, device, info.rank, info.world_size)
@@ -40,6 +41,8 @@ class Run(Trainer):
         if ckpt is not None:
             restore_run(self, ckpt, out_dir / CHECKPOINT)
             self.saved_at = self.it
+        elif weights is not None:  # a new run that starts from pretrained weights
+            load_weights(self.model, weights, "the initial weights")
         if info.enabled:  # average the gradients of all processes
             ids = [self.device] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.net, device_ids=ids)
@@ -85,10 +88,11 @@ class Run(Trainer):
         return self.all_reduce_sum(flag).item() > 0
 
 
-def train(config, resume=False, progress=True):
+def train(config, resume=False, progress=True, init=None):
     """Train the GPT that config describes (or continue it, with resume); returns a summary.
 
-    Also runs as one process of a torchrun job (see the scaling chapter).
+    init: (tokenizer, state dict) of a pretrained model of config's shape to start from
+    (fine-tuning; see Part V). Also runs as one process of a torchrun job (see scaling).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -98,13 +102,16 @@ def train(config, resume=False, progress=True):
             f"gradient_accumulation_steps ({config.gradient_accumulation_steps}) "
             f"must be a multiple of the number of processes ({info.world_size})"
         )
-    tokenizer, splits, ckpt = prepare_run(config, resume)
+    if init is not None and resume:
+        raise ValueError("a resumed run continues its own weights: it takes no init")
+    tokenizer, weights = (None, None) if init is None else init
+    tokenizer, splits, ckpt = prepare_run(config, resume, tokenizer)
     info, device = distributed.setup(config.device)
     try:
         if info.is_main:
             write_run_files(config.out_dir, splits, tokenizer)
         distributed.barrier(info)
-        return run_to_end(Run(config, tokenizer, ckpt, info, device, progress))
+        return run_to_end(Run(config, tokenizer, ckpt, info, device, progress, weights))
     finally:
         distributed.teardown()
 

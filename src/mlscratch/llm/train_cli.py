@@ -149,7 +149,11 @@ def train_command(argv):
         config = TrainConfig(**{**saved, **args})
     else:
         config = TrainConfig(**args)
-    result = train(config, resume=resume, progress=not quiet)
+    return report(train(config, resume=resume, progress=not quiet), config)
+
+
+def report(result, config):
+    """Print a run's summary (rank 0 only); a stopped run says how to continue."""
     if os.environ.get("RANK", "0") != "0":
         return 0
     ckpt = Path(config.out_dir) / CHECKPOINT
@@ -173,6 +177,11 @@ def sample_command(argv):
     if args.num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {args.num_samples}")
     model, tokenizer, _ = load_model(args.out_dir, args.device)
+    return write_samples(model, tokenizer, args)
+
+
+def write_samples(model, tokenizer, args):
+    """Stream args.num_samples samples to stdout, sample i with the seed args.seed + i."""
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         knobs = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed)
