@@ -6,7 +6,12 @@ import sys
 
 import pytest
 
-FACES = ["mlscratch.numpy_transformer", "mlscratch.torch_transformer", "mlscratch.llm"]
+FACES = [
+    "mlscratch.numpy_transformer",
+    "mlscratch.torch_transformer",
+    "mlscratch.llm",
+    "mlscratch.tune",
+]
 
 
 @pytest.mark.parametrize("name", FACES)

@@ -7,7 +7,18 @@ package does not import the chapters after it.
 import importlib
 
 # public name -> the module (in this package) that defines it
-_FACE = {}
+_FACE = {
+    name: "pretrained"
+    for name in (
+        "load_pretrained",
+        "load_safetensors",
+        "load_state_dir",
+        "load_hf_model",
+        "load_hf_tokenizer",
+        "read_gpt2_tokenizer",
+        "save_gpt2_tokenizer",
+    )
+}
 __all__ = list(_FACE)
 
 
