@@ -200,8 +200,9 @@ def check_example(example):
         )
 
 
-def multiple_choice_accuracy(model, tokenizer, examples, block_size=None, batch_size=32,
-                             device=None):  # fmt: skip
+def multiple_choice_accuracy(
+    model, tokenizer, examples, block_size=None, batch_size=32, device=None
+):
     """Share of examples whose right completion scores highest, under each normalization."""
     if not examples:
         raise ValueError("there are no examples to score")
