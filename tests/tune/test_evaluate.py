@@ -178,6 +178,10 @@ def test_score_choices_by_hand():
     for norm in ("token", "char", "byte"):  # one token = one character = one byte here
         torch.testing.assert_close(scores[norm], per)
     assert int(scores["sum"].argmax()) == 0 and int(scores["char"].argmax()) == 2
+    # pmi: minus the same completions after "." (a uniform row): only the first token differs
+    pmi = score_choices(model, chars, "a", [".", "ba", "a"], block_size=8, neutral_context=".")
+    expected = torch.tensor([math.log(0.35 * 3), math.log(0.55 * 3), math.log(0.1 * 3)])
+    torch.testing.assert_close(pmi["pmi"], expected.double())
     # a longer context changes only what the first completion token is predicted from
     again = score_choices(model, chars, "b.ba", [".", "ba", "bab"], block_size=8)
     torch.testing.assert_close(again["sum"], scores["sum"])
@@ -201,6 +205,9 @@ def test_multiple_choice_accuracy_by_hand():
     ]
     acc = multiple_choice_accuracy(model, chars, examples, block_size=8, batch_size=2)
     assert acc == {"sum": 2 / 3, "token": 2 / 3, "char": 2 / 3, "byte": 2 / 3}
+    one = [MultipleChoice("a", (".", "ba", "a"), 1)]  # sum: ".", per character and pmi: "ba"
+    acc = multiple_choice_accuracy(model, chars, one, block_size=8, neutral_context=".")
+    assert acc == {"sum": 0.0, "token": 1.0, "char": 1.0, "byte": 1.0, "pmi": 1.0}
 
 
 def test_completion_tokens_come_from_the_joint_encoding():

@@ -160,26 +160,44 @@ def completion_log_likelihoods(model, items, batch_size=32, device=None):
     return torch.cat(out).double().cpu()
 
 
-NORMALIZATIONS = ("sum", "token", "char", "byte")
+NORMALIZATIONS = ("sum", "token", "char", "byte")  # and "pmi", given a neutral context
 
 
-def choice_scores(log_likelihoods, completions, n_tokens):
-    """Each rule's scores of the completions: the sum of log p, per token, character, byte."""
+def choice_scores(log_likelihoods, completions, n_tokens, neutral=None):
+    """Each rule's scores of the completions: the sum of log p, per token, character, byte;
+    and "pmi", the sum minus the completions' log-likelihoods after a neutral context."""
     ll = torch.as_tensor(log_likelihoods, dtype=torch.float64)
-    return {
+    scores = {
         "sum": ll,
         "token": ll / torch.tensor(n_tokens),
         "char": ll / torch.tensor([len(c) for c in completions]),  # the harness's acc_norm
         "byte": ll / torch.tensor([len(c.encode("utf-8")) for c in completions]),
     }
+    if neutral is not None:
+        scores["pmi"] = ll - torch.as_tensor(neutral, dtype=torch.float64)
+    return scores
 
 
-def score_choices(model, tokenizer, context, choices, block_size=None, device=None):
-    """The scores of each completion of context, under each rule of NORMALIZATIONS."""
+def pair_log_likelihoods(model, tokenizer, pairs, block_size, batch_size=32, device=None):
+    """Log-likelihoods of the completions of (context, completion) pairs, and their lengths
+    in tokens."""
+    items = [completion_ids(tokenizer, context, c, block_size) for context, c in pairs]
+    ll = completion_log_likelihoods(model, items, batch_size, device)
+    return ll, [len(ids) - n_context for ids, n_context in items]
+
+
+def score_choices(model, tokenizer, context, choices, block_size=None, device=None,
+                  neutral_context=None):  # fmt: skip
+    """The scores of each completion of context under each rule (with "pmi" if a neutral
+    context is given)."""
     block_size = model_block_size(model, block_size)
-    items = [completion_ids(tokenizer, context, choice, block_size) for choice in choices]
-    ll = completion_log_likelihoods(model, items, len(items), device)
-    return choice_scores(ll, choices, [len(ids) - n for ids, n in items])
+    pairs = [(context, choice) for choice in choices]
+    ll, n_tokens = pair_log_likelihoods(model, tokenizer, pairs, block_size, len(pairs), device)
+    neutral = None
+    if neutral_context is not None:
+        pairs = [(neutral_context, choice) for choice in choices]
+        neutral = pair_log_likelihoods(model, tokenizer, pairs, block_size, len(pairs), device)[0]
+    return choice_scores(ll, choices, n_tokens, neutral)
 
 
 @dataclass(frozen=True)
@@ -200,28 +218,29 @@ def check_example(example):
         )
 
 
-def multiple_choice_accuracy(
-    model, tokenizer, examples, block_size=None, batch_size=32, device=None
-):
-    """Share of examples whose right completion scores highest, under each normalization."""
+def multiple_choice_accuracy(model, tokenizer, examples, block_size=None, batch_size=32,
+                             device=None, neutral_context=None):  # fmt: skip
+    """Share of examples whose right completion scores highest, under each rule."""
     if not examples:
         raise ValueError("there are no examples to score")
-    block_size = model_block_size(model, block_size)
-    items = []
     for example in examples:
         check_example(example)
-        items += [
-            completion_ids(tokenizer, example.context, c, block_size) for c in example.choices
-        ]
-    ll = completion_log_likelihoods(model, items, batch_size, device)
-    correct, i = dict.fromkeys(NORMALIZATIONS, 0), 0
+    block_size = model_block_size(model, block_size)
+    pairs = [(example.context, c) for example in examples for c in example.choices]
+    ll, n_tokens = pair_log_likelihoods(model, tokenizer, pairs, block_size, batch_size, device)
+    neutral = None
+    if neutral_context is not None:
+        pairs = [(neutral_context, c) for _, c in pairs]
+        neutral = pair_log_likelihoods(model, tokenizer, pairs, block_size, batch_size, device)[0]
+    correct, i = {}, 0
     for example in examples:
         k = len(example.choices)
-        n_tokens = [len(ids) - n for ids, n in items[i : i + k]]
-        for norm, scores in choice_scores(ll[i : i + k], example.choices, n_tokens).items():
-            correct[norm] += int(scores.argmax()) == example.answer
+        part = None if neutral is None else neutral[i : i + k]
+        scores = choice_scores(ll[i : i + k], example.choices, n_tokens[i : i + k], part)
+        for rule, s in scores.items():
+            correct[rule] = correct.get(rule, 0) + (int(s.argmax()) == example.answer)
         i += k
-    return {norm: count / len(examples) for norm, count in correct.items()}
+    return {rule: count / len(examples) for rule, count in correct.items()}
 
 
 # Standard-library modules that are NOT in the default corpus (DEFAULT_CORPUS_FILES).
