@@ -127,7 +127,9 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="20 iterations, to try the script")
     args = parser.parse_args()
     if args.smoke:
-        CONFIG.update(max_iters=20, lr_decay_iters=20, warmup_iters=5, eval_interval=10, eval_iters=5)
+        CONFIG.update(
+            max_iters=20, lr_decay_iters=20, warmup_iters=5, eval_interval=10, eval_iters=5
+        )
     data = (
         args.data
         or Path(os.environ.get("MLSCRATCH_SHARED_DATA", "../shared/data")) / "tinyshakespeare.txt"

@@ -19,6 +19,20 @@ _FACE = {
         "save_gpt2_tokenizer",
     )
 }
+_FACE.update(
+    dict.fromkeys(
+        (
+            "evaluate_text",
+            "TextEvaluation",
+            "token_log_probs",
+            "score_choices",
+            "multiple_choice_accuracy",
+            "MultipleChoice",
+            "first_line_task",
+        ),
+        "evaluate",
+    )
+)
 __all__ = list(_FACE)
 
 
