@@ -193,9 +193,9 @@ def decode_response(tokenizer, ids):
 
 
 @torch.no_grad()
-def translate(model, tokenizer, sentences, max_new_tokens=64, batch_size=64):
+def translate(model, tokenizer, sentences, max_new_tokens=None, batch_size=64):
     """Greedy translations of the sentences, each stopping at <|end|>; prompts of one length
-    are decoded together."""
+    are decoded together; at most max_new_tokens (default: 8 + twice the prompt's) each."""
     prompts = [encode_prompt(tokenizer, s) for s in sentences]
     block, end = model.config.block_size, special_ids(tokenizer)[2]
     for i, prompt in enumerate(prompts):
@@ -214,7 +214,8 @@ def translate(model, tokenizer, sentences, max_new_tokens=64, batch_size=64):
         for s in range(0, len(members), batch_size):
             chunk = members[s : s + batch_size]
             idx = torch.tensor([prompts[i] for i in chunk], device=device)
-            new = model.generate(idx, min(max_new_tokens, block - n), top_k=1, seed=0, eos_id=end)
+            limit = 2 * n + 8 if max_new_tokens is None else max_new_tokens
+            new = model.generate(idx, min(limit, block - n), top_k=1, seed=0, eos_id=end)
             for i, row in zip(chunk, new[:, n:].tolist(), strict=True):
                 out[i] = decode_response(tokenizer, row)
     model.train(training)
