@@ -162,8 +162,16 @@ def make_optimizer(model, learning_rate=1e-3, weight_decay=0.1):
     return AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), weight_decay=weight_decay)
 
 
-def fit(model, batches, seconds=None, steps=None, learning_rate=1e-3, min_lr=1e-4,
-        warmup=0.05, optimizer=None):  # fmt: skip
+def fit(
+    model,
+    batches,
+    seconds=None,
+    steps=None,
+    learning_rate=1e-3,
+    min_lr=1e-4,
+    warmup=0.05,
+    optimizer=None,
+):
     """Train for `seconds` (or `steps`) with warmup then cosine decay over that budget;
     returns [(seconds since the start, loss)] of every step."""
     if (seconds is None) == (steps is None):
