@@ -119,19 +119,18 @@ def pack_examples(examples, block_size, pad_id):
     the examples of each window, and the unused tail is one more document."""
     if not examples:
         raise ValueError("no examples to pack")
-    windows = pack_windows([len(ids) for ids, _ in examples], block_size)
-    idx = torch.full((len(windows), block_size), pad_id, dtype=torch.long)
-    targets = torch.full_like(idx, IGNORE)
-    doc = torch.zeros_like(idx)
-    for w, members in enumerate(windows):
-        t = 0
+    rows = []
+    for members in pack_windows([len(ids) for ids, _ in examples], block_size):
+        ids_row, targets_row, doc_row = [], [], []
         for d, i in enumerate(members):
-            ids, tgt = examples[i]
-            n = len(ids)
-            idx[w, t : t + n], targets[w, t : t + n] = torch.tensor(ids), torch.tensor(tgt)
-            doc[w, t : t + n] = d
-            t += n
-        doc[w, t:] = len(members)
+            ids, targets = examples[i]
+            ids_row += ids
+            targets_row += targets
+            doc_row += [d] * len(ids)
+        tail = block_size - len(ids_row)
+        ids_row, targets_row = ids_row + [pad_id] * tail, targets_row + [IGNORE] * tail
+        rows.append((ids_row, targets_row, doc_row + [len(members)] * tail))
+    idx, targets, doc = (torch.tensor(column) for column in zip(*rows, strict=True))
     return idx, targets, doc
 
 
