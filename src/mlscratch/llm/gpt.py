@@ -582,8 +582,7 @@ class GPT(nn.Module):
         init_weights(self)
 
     def forward(self, idx, targets=None, cache=None, doc=None):
-        """idx (B, T) int64 -> (logits (B, T, V), loss or None); cache: list from new_cache();
-        doc (B, T): document ids of a packed batch (see packed_layout)."""
+        """idx (B, T) -> (logits (B, T, V), loss or None); see new_cache and packed_layout."""
         past = 0 if cache is None or "k" not in cache[0] else cache[0]["k"].shape[2]
         check_ids(idx, self.config, past)
         x, rope = self.wte[idx], None  # x (B, T, C)
