@@ -6,7 +6,13 @@ from pathlib import Path
 
 here = Path(__file__).resolve().parent
 for script in sorted(here.glob("*.py")):
-    if script.name in ("common.py", "run_all.py", "multi30k.py", "nanogpt.py"):
-        continue  # an hour-long training run, and one that needs a nanoGPT checkout: by hand
+    if script.name in (
+        "common.py",
+        "run_all.py",
+        "multi30k.py",
+        "nanogpt.py",
+        "instruct_translation.py",
+    ):
+        continue  # hour-long training runs, and one that needs a nanoGPT checkout: by hand
     print(f"== {script.name}", flush=True)
     subprocess.run([sys.executable, str(script)], check=True, cwd=here)

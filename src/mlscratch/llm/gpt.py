@@ -137,16 +137,18 @@ def softmax(x):
     return e / e.sum(-1, keepdim=True)
 
 
-def causal_attention(q, k, v, p):
+def causal_attention(q, k, v, p, mask=None):
     """softmax(q k^T / sqrt(d) + M) v with dropout p on the weights; q (B, nh, T, d),
-    k and v (B, nkv, Tk, d): fewer (grouped) heads, and q's positions the last T of Tk."""
+    k and v (B, nkv, Tk, d): fewer (grouped) heads, and q's positions the last T of Tk;
+    mask (B, 1, T, Tk) bool, True where a query may see a key, replaces the causal one."""
     nh, T, d = q.shape[1:]
     Tk = k.shape[2]
     k = k.repeat_interleave(nh // k.shape[1], dim=1)  # (B, nh, Tk, d): one copy per query head
     v = v.repeat_interleave(nh // v.shape[1], dim=1)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, nh, T, Tk)
-    future = torch.ones(T, Tk, dtype=torch.bool, device=q.device).triu(Tk - T + 1)
-    att = softmax(att.masked_fill(future, float("-inf")))
+    if mask is None:  # causal: query i sees keys j <= i + Tk - T
+        mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
+    att = softmax(att.masked_fill(~mask, float("-inf")))
     return dropout(att, p, True) @ v  # (B, nh, T, d)
 
 
@@ -159,7 +161,10 @@ def rope_tables(head_dim, n_pos, theta):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate coordinate pairs (i, i + d/2) of x (B, H, T, d) by the angles in cos/sin (T, d)."""
+    """Rotate coordinate pairs (i, i + d/2) of x (B, H, T, d) by the angles in cos/sin,
+    (T, d), or (B, T, d) when each sequence has positions of its own."""
+    if cos.ndim == 3:  # (B, T, d): positions of their own per sequence (packed batches)
+        cos, sin = cos[:, None], sin[:, None]
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
@@ -175,8 +180,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(config.n_embd, (nh + 2 * nkv) * d, config)
         self.c_proj = Linear(nh * d, config.n_embd, config)
 
-    def forward(self, x, rope=None, cache=None):
-        """x (B, T, C); rope: (cos, sin) for these positions; cache: dict of past k, v."""
+    def forward(self, x, rope=None, cache=None, mask=None):
+        """x (B, T, C); rope: (cos, sin) for these positions; cache: dict of past k, v;
+        mask: (B, 1, T, T) bool, who may attend to whom (default: causal)."""
         cfg = self.config
         B, T, _ = x.shape
         d, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_kv_head
@@ -191,7 +197,7 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         p = cfg.dropout if self.training else 0.0
-        y = (fused_attention if cfg.fused else causal_attention)(q, k, v, p)  # (B, nh, T, d)
+        y = (fused_attention if cfg.fused else causal_attention)(q, k, v, p, mask)  # (B,nh,T,d)
         y = y.transpose(1, 2).reshape(B, T, nh * d)
         return dropout(self.c_proj(y), p, True)
 
@@ -239,8 +245,8 @@ class Block(nn.Module):
         self.ln_2 = Norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, cache)
+    def forward(self, x, rope=None, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -528,6 +534,32 @@ def load_hf_state(model, state, kind):
         )
 
 
+def document_positions(doc):
+    """(B, T) position of each token inside its document; doc (B, T), contiguous ids."""
+    t = torch.arange(doc.shape[1], device=doc.device).expand_as(doc)  # (B, T)
+    start = torch.ones_like(doc, dtype=torch.bool)
+    start[:, 1:] = doc[:, 1:] != doc[:, :-1]  # a document begins where the id changes
+    return t - torch.where(start, t, 0).cummax(dim=1).values
+
+
+def document_mask(doc):
+    """(B, 1, T, T) bool: query i may see key j <= i of the same document."""
+    T = doc.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
+
+def packed_layout(idx, doc, cache, past):
+    """(positions, mask) for GPT.forward: a slice and None, or per-document ones for doc."""
+    if doc is None:
+        return slice(past, past + idx.shape[1]), None
+    if not isinstance(doc, torch.Tensor) or tuple(doc.shape) != tuple(idx.shape):
+        raise ValueError(f"doc must be a tensor of idx's shape {tuple(idx.shape)}")
+    if cache is not None:
+        raise ValueError("doc (packed sequences) cannot be combined with a key/value cache")
+    return document_positions(doc), document_mask(doc)
+
+
 class GPT(nn.Module):
     """Decoder-only language model: GPT-2 by default, Llama with GPTConfig.llama()."""
 
@@ -549,18 +581,19 @@ class GPT(nn.Module):
             self.lm_head = nn.Parameter(torch.empty(config.vocab_size, C))
         init_weights(self)
 
-    def forward(self, idx, targets=None, cache=None):
-        """idx (B, T) int64 -> (logits (B, T, V), loss or None); cache: list from new_cache()."""
+    def forward(self, idx, targets=None, cache=None, doc=None):
+        """idx (B, T) -> (logits (B, T, V), loss or None); see new_cache and packed_layout."""
         past = 0 if cache is None or "k" not in cache[0] else cache[0]["k"].shape[2]
         check_ids(idx, self.config, past)
-        x, rope, now = self.wte[idx], None, slice(past, past + idx.shape[1])  # x (B, T, C)
+        x, rope = self.wte[idx], None  # x (B, T, C)
+        now, mask = packed_layout(idx, doc, cache, past)  # positions; mask None unless packed
         if self.config.pos == "learned":
             x = x + self.wpe[now]
         else:
             rope = (self.rope_cos[now], self.rope_sin[now])
         x = dropout(x, self.config.dropout, self.training)
         for i, block in enumerate(self.h):
-            x = block(x, rope, None if cache is None else cache[i])
+            x = block(x, rope, None if cache is None else cache[i], mask)
         logits = self.ln_f(x) @ (self.wte if self.config.tie_weights else self.lm_head).T
         loss = None if targets is None else next_token_loss(logits, targets, self.config.fused)
         return logits, loss
@@ -610,11 +643,13 @@ def fused_norm(norm, x):
     return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
 
 
-def fused_attention(q, k, v, p):
+def fused_attention(q, k, v, p, mask=None):
     """causal_attention in one kernel; k, v may hold fewer (GQA) heads and more (cached)
-    positions than q, whose positions are the last of k's."""
+    positions than q, whose positions are the last of k's; mask as in causal_attention."""
     T, Tk = q.shape[2], k.shape[2]
     gqa = k.shape[1] != q.shape[1]
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=gqa)
     if T == Tk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
     mask = None if T == 1 else torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
