@@ -33,6 +33,20 @@ _FACE.update(
         "evaluate",
     )
 )
+_FACE.update(
+    dict.fromkeys(
+        (
+            "format_example",
+            "parse_example",
+            "encode_example",
+            "pad_batch",
+            "pack_examples",
+            "packed_batches",
+            "translate",
+        ),
+        "instruct",
+    )
+)
 __all__ = list(_FACE)
 
 
