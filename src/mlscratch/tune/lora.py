@@ -35,9 +35,10 @@ def check_lora_options(r, alpha, dropout, targets):
 
 
 @torch.no_grad()
-def kaiming_uniform_(A, a=math.sqrt(5)):
+def kaiming_uniform_(A):
     """Fill A (d_out, d_in) from U(-b, b), b = sqrt(3) gain / sqrt(d_in): nn.Linear's (and
     peft's) initialisation; with a = sqrt(5), gain = sqrt(2 / (1 + a^2)) and b = 1/sqrt(d_in)."""
+    a = math.sqrt(5)
     gain = math.sqrt(2.0 / (1 + a**2))
     bound = math.sqrt(3.0) * (gain / math.sqrt(A.shape[1]))
     return A.uniform_(-bound, bound)
@@ -162,14 +163,17 @@ def lm_batches(data, block_size, batch_size, seed=0):
         yield get_batch(data, block_size, batch_size, generator)
 
 
-def finetune(model, batches, steps, lr, evaluate=None, eval_every=0, weight_decay=0.0):
-    """AdamW on the trainable parameters for steps batches (x, y) of an iterator; returns
-    (seconds of each step, [(step, evaluate(model))] every eval_every steps and at the end)."""
+def finetune(model, batches, steps, lr, evaluate=None, eval_every=0, max_seconds=None):
+    """AdamW on the trainable parameters for steps batches (x, y) of an iterator, or until
+    max_seconds of training; returns (seconds of each step, [(step, evaluate(model))]
+    every eval_every steps and at the end)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     seconds, evals = [], []
     for step in range(steps):
+        if max_seconds is not None and sum(seconds) >= max_seconds:
+            break
         if evaluate is not None and eval_every and step % eval_every == 0:
             evals.append((step, evaluate(model)))
         x, y = next(batches)
@@ -180,7 +184,7 @@ def finetune(model, batches, steps, lr, evaluate=None, eval_every=0, weight_deca
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - start)
     if evaluate is not None:
-        evals.append((steps, evaluate(model)))
+        evals.append((len(seconds), evaluate(model)))  # the steps taken
     return seconds, evals
 
 
