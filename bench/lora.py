@@ -44,12 +44,17 @@ ASYNCIO = [
     for name in ("base_events", "events", "futures", "locks", "queues", "streams", "tasks",
                  "transports")
 ]  # fmt: skip
-# name: (add_lora options, or None for full fine-tuning; learning rate)
+# name: (add_lora options, or None for full fine-tuning; learning rate); embeddings=True
+# also trains the token embedding table (tied to the output layer), as peft's modules_to_save
 METHODS = {
     "full": (None, 1e-3),
     "lora r=8 c_attn": (dict(r=8, alpha=16), 1e-2),
-    "lora r=8 all maps": (dict(r=8, alpha=16, targets=("c_attn", "c_proj", "c_fc")), 1e-2),
-    "lora r=32 all maps": (dict(r=32, alpha=64, targets=("c_attn", "c_proj", "c_fc")), 1e-2),
+    "lora r=4 all maps": (dict(r=4, alpha=16, targets=("c_attn", "c_proj", "c_fc")), 1e-2),
+    "lora r=16 all maps": (dict(r=16, alpha=16, targets=("c_attn", "c_proj", "c_fc")), 1e-2),
+    "lora r=4 all maps + embeddings": (
+        dict(r=4, alpha=16, targets=("c_attn", "c_proj", "c_fc"), embeddings=True),
+        1e-2,
+    ),
 }
 
 
@@ -90,7 +95,13 @@ def prepared(task, options):
     """A fresh copy of the task's base model, with adapters when options are given."""
     torch.manual_seed(0)
     model = copy.deepcopy(task.model)
-    return model if options is None else add_lora(model, **options)
+    if options is None:
+        return model
+    options = dict(options)
+    embeddings = options.pop("embeddings", False)
+    add_lora(model, **options)
+    model.wte.requires_grad_(embeddings)
+    return model
 
 
 def measure(task, name, options, lr, steps, seconds):
