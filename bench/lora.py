@@ -104,7 +104,7 @@ def prepared(task, options):
     return model
 
 
-def measure(task, name, options, lr, steps, seconds):
+def measure(task, name, options, lr, steps, seconds, before):
     """One method: parameters, peak memory, ms per step, score before and after."""
     model = prepared(task, options)
     times, evals = finetune(
@@ -121,7 +121,7 @@ def measure(task, name, options, lr, steps, seconds):
         "ms_per_step": round(1000 * statistics.median(times), 1),
         "steps": len(times),
         "train_s": round(sum(times), 1),
-        "score_before": round(evals[0][1], 4),
+        "score_before": round(before, 4),
         "score_after": round(evals[-1][1], 4),
     }
 
@@ -134,7 +134,9 @@ def main():
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = parser.parse_args()
     task = TASKS[args.task]()
-    rows = [measure(task, m, *METHODS[m], args.steps, args.seconds) for m in args.methods]
+    before = task.score(task.model)  # the base model's; LoRA starts there exactly (B = 0)
+    run = (args.steps, args.seconds, before)
+    rows = [measure(task, m, *METHODS[m], *run) for m in args.methods]
     budget = f"{args.seconds} s of training" if args.seconds else f"{args.steps} steps"
     save(
         "lora",
