@@ -8,7 +8,9 @@ instruction-tuned translation of Part V, scored with BLEU) plugs in the same way
 function returning a Task and add it to TASKS. Every method trains from the same base, on
 the same batches, for the same number of steps, or for the same seconds with --seconds.
 Peak memory is the peak of CPU tensor memory (PyTorch's profiler) while a fresh copy of
-the model is built, adapted and trained for two steps.
+the model is built, adapted and trained for two steps. Time per step: the median over the
+run (ms_per_step), and over blocks of 5 steps in which the methods take turns
+(ms_interleaved, and its ratio to full fine-tuning's), which a changing load hits alike.
 
     OMP_NUM_THREADS=2 python bench/lora.py [--task stdlib] [--steps 200] [--seconds S]
 """
@@ -17,6 +19,7 @@ import argparse
 import copy
 import statistics
 import sysconfig
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from common import save
 
 from mlscratch.llm.data import encode_splits
 from mlscratch.llm.gpt import GPT
+from mlscratch.llm.optim import AdamW
 from mlscratch.llm.run import CHECKPOINT
 from mlscratch.llm.sample import load_model
 from mlscratch.llm.train import TrainConfig, train
@@ -126,6 +130,29 @@ def measure(task, name, options, lr, steps, seconds, before):
     }
 
 
+def interleaved_ms(task, names, blocks=6, block=5):
+    """Median ms per training step of each method, measured in blocks of steps that take
+    turns (the order rotates), so that a change in the machine's load hits all alike."""
+    runs = {}
+    for name in names:
+        model = prepared(task, METHODS[name][0])
+        params = [p for p in model.parameters() if p.requires_grad]
+        runs[name] = (model.train(), AdamW(params, lr=METHODS[name][1], weight_decay=0.0))
+    batches, times = task.batches(2), {name: [] for name in names}
+    for k in range(blocks + 1):  # block 0 warms up
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            model, optimizer = runs[name]
+            for _ in range(block):
+                x, y = next(batches)
+                start = time.perf_counter()
+                model(x, y)[1].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if k:
+                    times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="stdlib")
@@ -137,6 +164,10 @@ def main():
     before = task.score(task.model)  # the base model's; LoRA starts there exactly (B = 0)
     run = (args.steps, args.seconds, before)
     rows = [measure(task, m, *METHODS[m], *run) for m in args.methods]
+    ms = interleaved_ms(task, args.methods)
+    for row in rows:
+        row["ms_interleaved"] = round(ms[row["method"]], 1)
+        row["ms_vs_full"] = round(ms[row["method"]] / ms["full"], 2) if "full" in ms else None
     budget = f"{args.seconds} s of training" if args.seconds else f"{args.steps} steps"
     save(
         "lora",
