@@ -251,5 +251,8 @@ def test_finetune_and_peak_memory():
     seconds, evals = finetune(model, lm_batches(data, 8, 4), 4, 1e-2,
                               evaluate=lambda m: 1.0, eval_every=2)  # fmt: skip
     assert len(seconds) == 4 and [s for s, _ in evals] == [0, 2, 4]
+    seconds, evals = finetune(model, lm_batches(data, 8, 4), 4, 1e-2, lambda m: 1.0,
+                              max_seconds=0.0)  # fmt: skip
+    assert seconds == [] and evals == [(0, 1.0)]  # a budget of no time: no step
     peak, result = peak_memory(lambda: torch.ones(1 << 18).sum())  # 1 MiB of float32
     assert 1 << 20 <= peak < (1 << 20) + 4096 and result == 1 << 18
