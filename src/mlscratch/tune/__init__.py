@@ -47,6 +47,19 @@ _FACE.update(
         "instruct",
     )
 )
+_FACE.update(
+    dict.fromkeys(
+        (
+            "add_lora",
+            "merge_lora",
+            "unmerge_lora",
+            "LoRALinear",
+            "count_parameters",
+            "lora_state_dict",
+        ),
+        "lora",
+    )
+)
 __all__ = list(_FACE)
 
 
