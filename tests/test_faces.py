@@ -25,11 +25,24 @@ def test_every_exported_name_resolves_to_a_defining_module(name):
 
 
 def test_the_design_names_import_from_the_faces():
-    from mlscratch.llm import GPT, AdamW, BPETokenizer, GPTConfig, TrainConfig, sample, train
+    from mlscratch.llm import (
+        GPT,
+        AdamW,
+        BPETokenizer,
+        GPTConfig,
+        TrainConfig,
+        add_lora,
+        merge_lora,
+        sample,
+        train,
+        unmerge_lora,
+    )
     from mlscratch.numpy_transformer import Transformer, TransformerConfig
     from mlscratch.torch_transformer import Transformer as TorchTransformer
+    from mlscratch.tune import load_pretrained
 
     assert callable(train) and callable(sample)
+    assert all(map(callable, (add_lora, merge_lora, unmerge_lora, load_pretrained)))
     assert TorchTransformer is not Transformer
     assert {GPT, GPTConfig, AdamW, BPETokenizer, TrainConfig, TransformerConfig}
 

@@ -1,6 +1,6 @@
 """Part IV: a language model from scratch (and Part II's tokenizers, whose modules live here).
 
->>> from mlscratch.llm import GPT, GPTConfig, AdamW, train, TrainConfig
+>>> from mlscratch.llm import GPT, GPTConfig, AdamW, train, TrainConfig, add_lora
 
 The names below load on first use, so importing one module of this package (the tokenizer,
 say, which Part II builds before any model) does not also import the chapters after it.
@@ -24,6 +24,10 @@ _FACE = {
     "train": "train",
     "load_model": "sample",
     "sample": "sample",
+    # Part V's LoRA, next to the model it adapts (a module of mlscratch.tune)
+    "add_lora": "mlscratch.tune.lora",
+    "merge_lora": "mlscratch.tune.lora",
+    "unmerge_lora": "mlscratch.tune.lora",
 }
 __all__ = list(_FACE)
 
@@ -31,7 +35,8 @@ __all__ = list(_FACE)
 def __getattr__(name):
     if name not in _FACE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+    module = _FACE[name] if "." in _FACE[name] else f"{__name__}.{_FACE[name]}"
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
