@@ -332,6 +332,9 @@ def frozen_inputs(classifier, batches, start):
 def fine_tune(classifier, batches, blocks, epochs=5, lr=1e-3, weight_decay=0.1, seed=0):
     """Train the head and the last `blocks` blocks on batches (from make_batches); returns
     {"trained": parameter count, "loss": mean loss per epoch, "s_per_epoch", "s_per_step"}."""
+    K = classifier.n_classes
+    if any(int(y.min()) < 0 or int(y.max()) >= K for _, _, y in batches):
+        raise ValueError(f"labels must be class indices in [0, {K}), one per text")
     torch.manual_seed(seed)
     trained = set_trainable(classifier, blocks)
     start = classifier.gpt.config.n_layer - blocks
