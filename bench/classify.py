@@ -4,11 +4,12 @@ classifier trained three ways (head only, head + last block, all), on the whole 
 context, over two seeds. Needs the base model of Part V (trained here if absent, ~75 s)."""
 
 import copy
+import json
 import sys
 from pathlib import Path
 
 import torch
-from common import save
+from common import RESULTS, save
 
 from mlscratch.llm.run import CHECKPOINT
 from mlscratch.llm.sample import load_model
@@ -30,7 +31,7 @@ BASE = TrainConfig(
     n_head=4, n_embd=128, block_size=128, batch_size=16, max_iters=400, eval_interval=200,
     eval_iters=10, dropout=0.0,
 )  # fmt: skip
-SEEDS = [int(s) for s in sys.argv[1:]] or [0, 1]
+SEEDS = [int(s) for s in sys.argv[1:]] or [0, 1]  # seeds given: other seeds' rows are kept
 CHOICES = {"head": (0, 30, 1e-2), "last1": (1, 10, 2e-3), "all": (4, 10, 1e-3)}
 
 
@@ -65,6 +66,10 @@ for seed in SEEDS:
                      **acc, "s_per_epoch": round(info["s_per_epoch"], 2),
                      "ms_per_step": round(info["s_per_step"] * 1e3, 1)})  # fmt: skip
         print(rows[-1], flush=True)
+old = RESULTS / "classify.json"
+if sys.argv[1:] and old.is_file():
+    kept = [r for r in json.loads(old.read_text())["rows"] if r["model"].startswith("gpt")]
+    rows += [r for r in kept if r["seed"] not in SEEDS]
 save(
     "classify",
     rows,
