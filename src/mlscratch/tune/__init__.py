@@ -36,6 +36,23 @@ _FACE.update(
 _FACE.update(
     dict.fromkeys(
         (
+            "GPTClassifier",
+            "hidden_states",
+            "set_trainable",
+            "fine_tune",
+            "predict",
+            "confusion_matrix",
+            "docstring_task",
+            "DocstringTask",
+            "NgramVectorizer",
+            "SoftmaxRegression",
+        ),
+        "classify",
+    )
+)
+_FACE.update(
+    dict.fromkeys(
+        (
             "format_example",
             "parse_example",
             "encode_example",
