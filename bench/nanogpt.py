@@ -118,6 +118,23 @@ def final_val_ours(out_dir):
     return [r["val_loss"] for r in records if "val_loss" in r][-1]
 
 
+def summarize(rows, tokens):
+    """Per program: mean val loss over the seeds, total wall time, throughput, peak RSS."""
+    out = []
+    for name in ("nanogpt", "ours"):
+        mine = [r for r in rows if r["program"] == name]
+        wall = sum(r["wall s"] for r in mine)
+        out.append({"seed": "mean / total", "program": name,
+                    "val loss": round(statistics.mean(r["val loss"] for r in mine), 4),
+                    "wall s": round(wall, 1), "tokens/s": round(tokens * len(mine) / wall),
+                    "peak RSS MiB": max(r["peak RSS MiB"] for r in mine)})  # fmt: skip
+    ratio = out[0]["wall s"] / out[1]["wall s"]
+    out[0]["throughput vs nanoGPT"], out[1]["throughput vs nanoGPT"] = "1.00x", f"{ratio:.2f}x"
+    for row in rows:
+        row.setdefault("throughput vs nanoGPT", "")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nanogpt", type=Path, required=True, help="a nanoGPT checkout")
@@ -156,26 +173,7 @@ def main():
                              "wall s": round(wall, 1), "tokens/s": round(tokens / wall),
                              "peak RSS MiB": round(rss)})  # fmt: skip
             print(rows[-2], rows[-1], sep="\n", flush=True)
-    summary = {}
-    for name in ("nanogpt", "ours"):
-        mine = [r for r in rows if r["program"] == name]
-        summary[name] = {
-            "val loss": round(statistics.mean(r["val loss"] for r in mine), 4),
-            "wall s": round(sum(r["wall s"] for r in mine), 1),
-            "peak RSS MiB": max(r["peak RSS MiB"] for r in mine),
-        }
-    ratio = summary["nanogpt"]["wall s"] / summary["ours"]["wall s"]
-    rows.append({"seed": "mean / total", "program": "nanogpt", **summary["nanogpt"]})
-    rows.append(
-        {
-            "seed": "mean / total",
-            "program": "ours",
-            **summary["ours"],
-            "throughput vs nanoGPT": f"{ratio:.2f}x",
-        }
-    )
-    if args.smoke:
-        return
+    rows += summarize(rows, tokens)
     name = "nanogpt" if args.variant == "default" else f"nanogpt_{args.variant}"
     notes = (
         f"nanoGPT's README CPU config on Tiny Shakespeare (char), both programs at once, one "
