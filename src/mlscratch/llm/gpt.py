@@ -585,12 +585,9 @@ class GPT(nn.Module):
         """idx (B, T) -> (logits (B, T, V), loss or None); see new_cache and packed_layout."""
         past = 0 if cache is None or "k" not in cache[0] else cache[0]["k"].shape[2]
         check_ids(idx, self.config, past)
-        x, rope = self.wte[idx], None  # x (B, T, C)
         now, mask = packed_layout(idx, doc, cache, past)  # positions; mask None unless packed
-        if self.config.pos == "learned":
-            x = x + self.wpe[now]
-        else:
-            rope = (self.rope_cos[now], self.rope_sin[now])
+        x = self.wte[idx] + (self.wpe[now] if self.config.pos == "learned" else 0)  # (B, T, C)
+        rope = None if self.config.pos == "learned" else (self.rope_cos[now], self.rope_sin[now])
         x = dropout(x, self.config.dropout, self.training)
         for i, block in enumerate(self.h):
             x = block(x, rope, None if cache is None else cache[i], mask)
