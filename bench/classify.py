@@ -1,11 +1,17 @@
 """Fine-tuning for classification (Part V): which standard-library module a docstring comes
 from. The n-gram logistic-regression baseline (C chosen on validation) beside the GPT
 classifier trained three ways (head only, head + last block, all), on the whole 128-token
-context, over two seeds. Needs the base model of Part V (trained here if absent, ~75 s)."""
+context, over two seeds. Needs the base model of Part V (trained here if absent, ~75 s);
+--base_iters N pretrains the same model longer (its own run directory) and starts from it.
+Rows of other seeds and bases already in bench/results/classify.json are kept.
 
+    python bench/classify.py [--seeds 0 1] [--base_iters 400]
+"""
+
+import argparse
 import copy
+import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +37,13 @@ BASE = TrainConfig(
     n_head=4, n_embd=128, block_size=128, batch_size=16, max_iters=400, eval_interval=200,
     eval_iters=10, dropout=0.0,
 )  # fmt: skip
-SEEDS = [int(s) for s in sys.argv[1:]] or [0, 1]  # seeds given: other seeds' rows are kept
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+parser.add_argument("--base_iters", type=int, default=BASE.max_iters, help="pretraining steps")
+args = parser.parse_args()
+if args.base_iters != BASE.max_iters:
+    out_dir = f"{BASE.out_dir}-{args.base_iters}"
+    BASE = dataclasses.replace(BASE, out_dir=out_dir, max_iters=args.base_iters)
 CHOICES = {"head": (0, 30, 1e-2), "last1": (1, 10, 2e-3), "all": (4, 10, 1e-3)}
 
 
@@ -51,25 +63,30 @@ X = {s: vec.transform(texts[s]) for s in texts}
 for C in (0.1, 1.0, 10.0):
     m = SoftmaxRegression(C=C).fit(X["train"], labels["train"], len(task.classes))
     acc = {s: accuracy(m.predict(X[s]), labels[s]) for s in ("val", "test")}
-    rows.append({"model": f"ngram-logreg C={C}", "seed": 0, "trained": m.W.numel() + 8, **acc,
-                 "s_per_epoch": None, "ms_per_step": None})  # fmt: skip
+    rows.append({"model": f"ngram-logreg C={C}", "seed": 0, "base_iters": None,
+                 "trained": m.W.numel() + 8, **acc, "s_per_epoch": None,
+                 "ms_per_step": None})  # fmt: skip
     print(rows[-1], flush=True)
 seqs = {s: encode_texts(tokenizer, texts[s], BASE.block_size) for s in texts}
 batches = {s: make_batches(seqs[s], labels[s], 32 if s == "train" else 128) for s in seqs}
-for seed in SEEDS:
+for seed in args.seeds:
     for name, (blocks, epochs, lr) in CHOICES.items():
         torch.manual_seed(seed)
         clf = GPTClassifier(copy.deepcopy(model), len(task.classes))
         info = fine_tune(clf, batches["train"], blocks, epochs=epochs, lr=lr, seed=seed)
         acc = {s: accuracy(*predict(clf, batches[s])) for s in ("val", "test")}
-        rows.append({"model": f"gpt-{name} ({epochs} ep)", "seed": seed, "trained": info["trained"],
-                     **acc, "s_per_epoch": round(info["s_per_epoch"], 2),
+        rows.append({"model": f"gpt-{name} ({epochs} ep)", "seed": seed,
+                     "base_iters": BASE.max_iters, "trained": info["trained"], **acc,
+                     "s_per_epoch": round(info["s_per_epoch"], 2),
                      "ms_per_step": round(info["s_per_step"] * 1e3, 1)})  # fmt: skip
         print(rows[-1], flush=True)
 old = RESULTS / "classify.json"
-if sys.argv[1:] and old.is_file():
+if old.is_file():  # keep the GPT rows of other seeds and bases (400 iters when unrecorded)
     kept = [r for r in json.loads(old.read_text())["rows"] if r["model"].startswith("gpt")]
-    rows += [r for r in kept if r["seed"] not in SEEDS]
+    for r in kept:
+        r["base_iters"] = r.get("base_iters", 400)
+    rows += [r for r in kept if (r["seed"], r["base_iters"]) not in
+             {(seed, BASE.max_iters) for seed in args.seeds}]  # fmt: skip
 save(
     "classify",
     rows,

@@ -9,7 +9,8 @@ it measures the response-only loss on the validation pairs and the BLEU of greed
 translations of test_2016_flickr, by mlscratch.text.bleu.corpus_bleu and by sacreBLEU side
 by side. Rows go to bench/results/instruct_translation.json, together with Part III's
 encoder-decoder curve from bench/results/multi30k.json when that file exists; the final
-translations go to --out_dir.
+translations and the model's weights after each phase (pretraining.pt, tuning.pt) go to
+--out_dir.
 
 --minutes counts training time (pretraining included), not the evaluations nor the
 tokenizer (whose seconds are recorded). Each phase has its own warmup and cosine decay.
@@ -208,14 +209,15 @@ def main(argv=None):
         ("tuning", tasks, (1 - args.pretrain_fraction) * budget),
     ]
     next_eval = args.eval_every_minutes
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, examples, seconds in stages:
         if seconds > 0:
             batches = packed_batches(examples, args.block_size, args.batch_size, end_id, args.seed)
             next_eval = run.phase(name, batches, seconds, next_eval)
+            torch.save(model.state_dict(), out_dir / f"{name}.pt")  # e.g. a base for LoRA
     if not run.rows or run.rows[-1]["step"] != run.step:
         run.evaluate("tuning")
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "translations.de").write_text("\n".join(run.hypotheses) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     notes = (
