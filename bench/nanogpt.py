@@ -5,9 +5,13 @@ n_head 4, n_embd 128, block_size 64, batch_size 12, max_iters 2000, lr_decay_ite
 dropout 0, bias off, no compile), with validation loss estimated on 200 batches every
 250 iterations in both programs. For each seed the two programs start together, each
 pinned to one thread; the script waits for both and records, per program: wall-clock
-seconds, training tokens per second over the wall time, the final validation loss, and
-the peak resident memory of the process. nanoGPT seeds its generator with the constant
-1337 + rank; a copy of its train.py with that constant replaced by the seed runs here.
+seconds, training tokens per second over the wall time, the final validation loss, the
+peak resident memory of the process, and the model FLOP utilization: training FLOPs
+per token (6 N + 12 L C T, the same model in both) times tokens per second, over the
+float32 matmul peak of one thread measured in this process before each pair starts
+(evaluations count in the wall time, so this is the MFU of the whole run). nanoGPT seeds
+its generator with the constant 1337 + rank; a copy of its train.py with that constant
+replaced by the seed runs here.
 
     python bench/nanogpt.py --nanogpt PATH [--seeds 1337 1 2] [--variant default]
 
@@ -30,7 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from common import save
+from shakespeare_char import matmul_peak
+
+from mlscratch.llm.gpt import GPT, GPTConfig, flops_per_token
 
 CONFIG = dict(
     n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
@@ -127,7 +135,7 @@ def summarize(rows, tokens):
         out.append({"seed": "mean / total", "program": name,
                     "val loss": round(statistics.mean(r["val loss"] for r in mine), 4),
                     "wall s": round(wall, 1), "tokens/s": round(tokens * len(mine) / wall),
-                    "peak RSS MiB": max(r["peak RSS MiB"] for r in mine)})  # fmt: skip
+                    "peak RSS MiB": max(r["peak RSS MiB"] for r in mine), "MFU": ""})  # fmt: skip
     ratio = out[0]["wall s"] / out[1]["wall s"]
     out[0]["throughput vs nanoGPT"], out[1]["throughput vs nanoGPT"] = "1.00x", f"{ratio:.2f}x"
     for row in rows:
@@ -158,7 +166,11 @@ def main():
         work = Path(tmp)
         root = prepare_nanogpt(args.nanogpt, data, work)
         tokens = CONFIG["max_iters"] * CONFIG["batch_size"] * CONFIG["block_size"]
+        sizes = {k: CONFIG[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
+        flops = flops_per_token(GPT(GPTConfig(vocab_size=65, **sizes)), CONFIG["block_size"])
+        torch.set_num_threads(1)
         for seed in args.seeds:
+            peak = matmul_peak()  # FLOP/s of one thread, the machine idle
             ours_dir = work / f"ours-{seed}"
             got = run_together([
                 ("nanogpt", nanogpt_command(root, seed, f"out-{seed}"), root),
@@ -171,7 +183,8 @@ def main():
             for name, (wall, rss, _) in got.items():
                 rows.append({"seed": seed, "program": name, "val loss": round(val[name], 4),
                              "wall s": round(wall, 1), "tokens/s": round(tokens / wall),
-                             "peak RSS MiB": round(rss)})  # fmt: skip
+                             "peak RSS MiB": round(rss),
+                             "MFU": f"{flops * tokens / wall / peak:.1%}"})  # fmt: skip
             print(rows[-2], rows[-1], sep="\n", flush=True)
     rows += summarize(rows, tokens)
     name = "nanogpt" if args.variant == "default" else f"nanogpt_{args.variant}"
