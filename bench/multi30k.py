@@ -102,6 +102,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--eval_batch", type=int, default=100, help="sentences per decoding batch")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--name", default="multi30k", help="bench/results/NAME.json")
     return p.parse_args(argv)
 
 
@@ -269,7 +270,7 @@ def main(argv=None):
         f"{args.beam_size} (alpha 0.6) at the end: {final['bleu']} / {final['sacrebleu']}. "
         f"Peak memory {peak_memory_mb():.0f} MiB."
     )
-    save("multi30k", rows, notes=notes)
+    save(args.name, rows, notes=notes)
     return 0
 
 
