@@ -188,6 +188,7 @@ def main():
             print(rows[-2], rows[-1], sep="\n", flush=True)
     rows += summarize(rows, tokens)
     name = "nanogpt" if args.variant == "default" else f"nanogpt_{args.variant}"
+    name += "_smoke" if args.smoke else ""  # a smoke test leaves the measured record alone
     notes = (
         f"nanoGPT's README CPU config on Tiny Shakespeare (char), both programs at once, one "
         f"thread each; ours: mlscratch train {' '.join(VARIANTS[args.variant]) or '(defaults)'} "
