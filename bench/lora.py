@@ -81,6 +81,7 @@ class Task:
     score: Callable[[GPT], float]  # a model -> its held-out score
     score_name: str
     higher_is_better: bool
+    recipe: str = "AdamW without weight decay, constant learning rate"  # for the notes
     # (model, batch) -> the loss of one batch, to backpropagate
     loss: Callable = lambda model, batch: model(*batch)[1]
     # (model, batches, steps, seconds, lr) -> seconds of each step; default: constant lr
@@ -148,12 +149,16 @@ def translation_task(base=None, eval_sentences=1000, batch_size=16):
         score=bleu,
         score_name=f"BLEU, greedy, {len(sources)} sentences of test2016",
         higher_is_better=True,
+        recipe="AdamW (weight decay 0.1 on matrices), 5% warmup, cosine decay to lr/10",
         loss=lambda m, batch: m(batch[0], batch[1], doc=batch[2])[1],
         fit=schedule_fit,
     )
 
 
-TASKS = {"stdlib": stdlib_task, "translation": translation_task}
+TASKS = {  # name -> the Task, built from the command line's options
+    "stdlib": lambda args: stdlib_task(),
+    "translation": lambda args: translation_task(args.base, args.eval_sentences),
+}
 
 
 def prepared(task, options):
@@ -236,10 +241,7 @@ def main():
         "separate processes at the same time, add up to one record)",
     )
     args = parser.parse_args()
-    if args.task == "translation":
-        task = translation_task(args.base, args.eval_sentences)
-    else:
-        task = TASKS[args.task]()
+    task = TASKS[args.task](args)
     before = task.score(task.model)  # the base model's; LoRA starts there exactly (B = 0)
     run = (args.steps, args.seconds, before)
     for name, (options, lr) in METHODS.items():
@@ -251,11 +253,6 @@ def main():
         row["ms_interleaved"] = round(ms[row["method"]], 1)
         row["ms_vs_full"] = round(ms[row["method"]] / ms["full"], 2) if "full" in ms else None
     budget = f"{args.seconds} s of training" if args.seconds else f"{args.steps} steps"
-    recipe = (
-        "AdamW without weight decay, constant learning rate"
-        if task.fit is not schedule_fit
-        else "AdamW (weight decay 0.1 on matrices), 5% warmup, cosine decay to lr/10"
-    )
     with lock(RESULTS / f".{args.name}.lock"):
         old = RESULTS / f"{args.name}.json"
         if args.keep and old.is_file():
@@ -266,7 +263,7 @@ def main():
             rows,
             notes=f"{task.name}; score: {task.score_name} "
             f"({'higher' if task.higher_is_better else 'lower'} is better); {budget} per method, "
-            f"the same batches; {recipe}; "
+            f"the same batches; {task.recipe}; "
             f"{torch.get_num_threads()} threads; peak_mib: CPU tensor memory (PyTorch's profiler) "
             f"of copying the model, adapting it and two steps.",
         )
