@@ -60,7 +60,7 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     fused: bool = False  # the same computation with PyTorch's fused kernels
-    hand_backward: bool = False  # GELU and LayerNorm with the backward passes of functions
+    hand_backward: bool = False  # every layer but the products with functions' backward
 
     def __post_init__(self):
         check_config(self)
@@ -114,7 +114,9 @@ class Norm(nn.Module):
     def forward(self, x):  # (B, T, C)
         if self.config.fused:
             return fused_norm(self, x)
-        if self.config.hand_backward and self.kind == "layernorm":
+        if self.config.hand_backward and self.kind == "rmsnorm":
+            return functions.rms_norm(x, self.weight, self.eps)
+        if self.config.hand_backward:
             return functions.layer_norm(x, self.weight, self.bias, self.eps)
         if self.kind == "rmsnorm":
             return self.weight * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps))
@@ -137,7 +139,7 @@ def softmax(x):
     return e / e.sum(-1, keepdim=True)
 
 
-def causal_attention(q, k, v, p, mask=None):
+def causal_attention(q, k, v, p, mask=None, hand_backward=False):
     """softmax(q k^T / sqrt(d) + M) v with dropout p on the weights; q (B, nh, T, d),
     k and v (B, nkv, Tk, d): fewer (grouped) heads, and q's positions the last T of Tk;
     mask (B, 1, T, Tk) bool, True where a query may see a key, replaces the causal one."""
@@ -145,9 +147,11 @@ def causal_attention(q, k, v, p, mask=None):
     Tk = k.shape[2]
     k = k.repeat_interleave(nh // k.shape[1], dim=1)  # (B, nh, Tk, d): one copy per query head
     v = v.repeat_interleave(nh // v.shape[1], dim=1)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, nh, T, Tk)
     if mask is None:  # causal: query i sees keys j <= i + Tk - T
         mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)
+    if hand_backward:  # the same steps as one node (functions.Attention)
+        return functions.attention(q, k, v, mask, p)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, nh, T, Tk)
     att = softmax(att.masked_fill(~mask, float("-inf")))
     return dropout(att, p, True) @ v  # (B, nh, T, d)
 
@@ -197,7 +201,10 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         p = cfg.dropout if self.training else 0.0
-        y = (fused_attention if cfg.fused else causal_attention)(q, k, v, p, mask)  # (B,nh,T,d)
+        if cfg.fused:
+            y = fused_attention(q, k, v, p, mask)  # (B, nh, T, d)
+        else:
+            y = causal_attention(q, k, v, p, mask, cfg.hand_backward)
         y = y.transpose(1, 2).reshape(B, T, nh * d)
         return dropout(self.c_proj(y), p, True)
 
@@ -214,6 +221,11 @@ def silu(x):
     return x * torch.sigmoid(x)
 
 
+def swiglu(a, b):
+    """silu(a) * b: SwiGLU of the gate a and the value b, two linear maps of the input."""
+    return silu(a) * b
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: GELU (GPT-2) or SwiGLU (Llama)."""
 
@@ -226,10 +238,12 @@ class MLP(nn.Module):
         self.c_proj = Linear(config.n_hidden, config.n_embd, config)
 
     def forward(self, x):
-        act = {"gelu": functions.gelu if self.config.hand_backward else gelu, "swiglu": silu}
+        hand = self.config.hand_backward  # the Functions of llm.functions
+        act = {"gelu": gelu, "swiglu": swiglu}
+        act = {"gelu": functions.gelu, "swiglu": functions.swiglu} if hand else act
         act = fused_activation if self.config.fused else act
         if self.config.mlp == "swiglu":
-            h = act["swiglu"](self.c_gate(x)) * self.c_fc(x)
+            h = act["swiglu"](self.c_gate(x), self.c_fc(x))
         else:
             h = act["gelu"](self.c_fc(x), self.config.gelu)
         return dropout(self.c_proj(h), self.config.dropout, self.training)
@@ -655,5 +669,5 @@ def fused_attention(q, k, v, p, mask=None):
 
 fused_activation = {
     "gelu": lambda x, form: F.gelu(x, approximate="tanh" if form == "tanh" else "none"),
-    "swiglu": F.silu,
+    "swiglu": lambda a, b: F.silu(a) * b,
 }

@@ -32,7 +32,7 @@ HELP = {
     "norm_eps": "epsilon added to the variance in the norms",
     "gelu": "the MLP's GELU: tanh (GPT-2's approximation) or exact (erf, nanoGPT's)",
     "fused": "use PyTorch's fused kernels for the same computation",
-    "hand_backward": "GELU and LayerNorm with the hand-written backward passes",
+    "hand_backward": "every layer but the matrix products with hand-written backward passes",
     "out_dir": "directory for the token files, checkpoint, metrics.jsonl and loss.png",
     "eval_interval": "evaluate both splits and write a checkpoint every this many iterations",
     "eval_iters": "batches averaged per split at each evaluation",

@@ -4,6 +4,7 @@
 """Training a GPT: the settings of a run, the core loop and estimates of the loss."""
 
 import math
+import shutil
 import time
 import types
 import typing
@@ -32,7 +33,7 @@ def model_settings(defaults):
     return make_dataclass("ModelSettings", specs, namespace={"__module__": __name__})
 
 
-ModelSettings = model_settings(CPU_MODEL)
+ModelSettings = model_settings({**CPU_MODEL, "hand_backward": True})
 
 
 def base_type(annotation):
@@ -131,7 +132,7 @@ class TrainConfig(ModelSettings):
     vocab_size: int = 512  # bpe only
     device: str = "cpu"
     dtype: str = "float32"
-    compile: bool = False
+    compile: bool | None = None  # None: when it pays (compile_pays)
     seed: int = 1337
 
     def __post_init__(self):
@@ -251,6 +252,21 @@ def autocast(device, dtype):
     return nullcontext()
 
 
+COMPILE_MIN_ITERS = 2000  # shorter runs lose more to a cold compilation than they gain
+
+
+def compile_pays(config):
+    """config.compile if set; by default, compile runs of COMPILE_MIN_ITERS steps or more
+    where a C++ compiler is installed (falling back to eager if compiling fails)."""
+    if config.compile is not None:
+        return config.compile
+    has_compiler = any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++"))
+    if config.max_iters < COMPILE_MIN_ITERS or not has_compiler:
+        return False
+    torch._dynamo.config.suppress_errors = True  # a failed compilation runs eagerly
+    return True
+
+
 class Trainer:
     """The state the core loop steps: model, optimizer, data position, steps and losses."""
 
@@ -263,7 +279,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.batches = torch.Generator().manual_seed(cfg.seed)  # the data position
         torch.manual_seed(cfg.seed + rank)  # dropout: a stream of its own in each process
-        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.net = torch.compile(self.model) if compile_pays(cfg) else self.model
+        self.compiled = self.net  # evaluations run it too (Run may wrap net for DDP)
         self.autocast = autocast(self.device, cfg.dtype)
         self.it, self.evaluated_at, self.loss, self.val = 0, None, None, {}
         self.best_val_loss, self.history, self.clock = math.inf, [], Throughput()
@@ -280,7 +297,8 @@ class Trainer:
         cfg, it = self.config, self.it
         sizes = (cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed)
         dist = dict(rank=self.rank, world_size=self.world_size, reduce=self.all_reduce_sum)
-        self.val = estimate_loss(self.model, self.data, *sizes, self.device, self.autocast, **dist)
+        model, autocast = self.compiled, self.autocast
+        self.val = estimate_loss(model, self.data, *sizes, self.device, autocast, **dist)
         for name, value in self.val.items():
             check_finite(f"{name} loss", value, it)
         self.best_val_loss, self.evaluated_at = min(self.best_val_loss, self.val["val"]), it
