@@ -13,13 +13,18 @@ float32 matmul peak of one thread measured in this process before each pair star
 its generator with the constant 1337 + rank; a copy of its train.py with that constant
 replaced by the seed runs here.
 
-    python bench/nanogpt.py --nanogpt PATH [--seeds 1337 1 2] [--variant default]
+    python bench/nanogpt.py --nanogpt PATH [--seeds 1337 1 2] [--variant default] [--warm]
 
 PATH is a nanoGPT checkout (git clone https://github.com/karpathy/nanoGPT); Tiny
 Shakespeare comes from --data or $MLSCRATCH_SHARED_DATA/tinyshakespeare.txt. A variant
-adds options to `mlscratch train`: `default` none (the from-scratch path, with nanoGPT's
-exact GELU), `hand` --hand_backward true, `compiled` --compile true, `fused` --fused true.
-Writes bench/results/nanogpt.json (or nanogpt_VARIANT.json for another variant).
+adds options to `mlscratch train`: `default` none (the from-scratch path with its
+hand-written backward passes, compiled since the run is long enough; nanoGPT's exact
+GELU), `eager` --compile false, `plain` --hand_backward false --compile false (autograd
+on the elementary operations), `fused` --fused true --compile false. Inductor compiles
+with one worker process (one thread each) into a cache directory of its own: empty for
+every run (a cold cache, a first run on a fresh machine), or with --warm filled once by
+a one-step run of the same model before the measured runs (a later run of the same
+model). Writes bench/results/nanogpt.json (or nanogpt_VARIANT[_warm].json).
 """
 
 import argparse
@@ -48,9 +53,9 @@ CONFIG = dict(
 )  # fmt: skip
 VARIANTS = {
     "default": [],
-    "hand": ["--hand_backward", "true"],
-    "compiled": ["--compile", "true"],
-    "fused": ["--fused", "true"],
+    "eager": ["--compile", "false"],
+    "plain": ["--hand_backward", "false", "--compile", "false"],
+    "fused": ["--fused", "true", "--compile", "false"],
 }
 SEED_LINE = "torch.manual_seed(1337 + seed_offset)"
 
@@ -93,9 +98,17 @@ def ours_command(text_path, seed, out_dir, variant):
     ]
 
 
-def run_together(commands):
+def warm_up(text_path, work, variant, env):
+    """One step and two evaluations of the same model: fills Inductor's cache."""
+    argv = ours_command(text_path, 0, work / "warm-up", variant) + ["--compile", "true"]
+    for option, value in (("--max_iters", "1"), ("--eval_iters", "2"), ("--eval_interval", "1")):
+        argv[argv.index(option) + 1] = value
+    run_together([("warm-up", argv, work)], env)
+
+
+def run_together(commands, env=None):
     """Start every (name, argv, cwd) at once; {name: (wall s, peak RSS MiB, stdout)}."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs, out = {}, {}
     for name, argv, cwd in commands:
         log = open(Path(cwd) / f"{name}.log", "w+")  # noqa: SIM115
@@ -149,6 +162,7 @@ def main():
     parser.add_argument("--data", type=Path, help="tinyshakespeare.txt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
+    parser.add_argument("--warm", action="store_true", help="Inductor's cache filled first")
     parser.add_argument("--smoke", action="store_true", help="20 iterations, to try the script")
     args = parser.parse_args()
     if args.smoke:
@@ -169,13 +183,19 @@ def main():
         sizes = {k: CONFIG[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
         flops = flops_per_token(GPT(GPTConfig(vocab_size=65, **sizes)), CONFIG["block_size"])
         torch.set_num_threads(1)
+        inductor = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
+        if args.warm:
+            inductor["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-warm")
+            warm_up(data.resolve(), work, args.variant, inductor)
         for seed in args.seeds:
             peak = matmul_peak()  # FLOP/s of one thread, the machine idle
             ours_dir = work / f"ours-{seed}"
+            if not args.warm:
+                inductor["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{seed}")
             got = run_together([
                 ("nanogpt", nanogpt_command(root, seed, f"out-{seed}"), root),
                 ("ours", ours_command(data.resolve(), seed, ours_dir, args.variant), work),
-            ])  # fmt: skip
+            ], env=inductor)  # fmt: skip
             val = {
                 "nanogpt": final_val_nanogpt(got["nanogpt"][2]),
                 "ours": final_val_ours(ours_dir),
@@ -188,11 +208,13 @@ def main():
             print(rows[-2], rows[-1], sep="\n", flush=True)
     rows += summarize(rows, tokens)
     name = "nanogpt" if args.variant == "default" else f"nanogpt_{args.variant}"
+    name += "_warm" if args.warm else ""
     name += "_smoke" if args.smoke else ""  # a smoke test leaves the measured record alone
     notes = (
         f"nanoGPT's README CPU config on Tiny Shakespeare (char), both programs at once, one "
         f"thread each; ours: mlscratch train {' '.join(VARIANTS[args.variant]) or '(defaults)'} "
-        f"with gelu exact; seeds {args.seeds}; val loss on 200 batches at iter 2000."
+        f"with gelu exact; seeds {args.seeds}; val loss on 200 batches at iter 2000; "
+        f"Inductor cache {'warm' if args.warm else 'cold'}, one compile worker."
     )
     save(name, rows, notes=notes)
 

@@ -54,7 +54,7 @@ HELP = {
     "vocab_size": "tokens of a bpe tokenizer (>= 256)",
     "device": "cpu, cuda or cuda:N",
     "dtype": "float32, or bfloat16 (autocast)",
-    "compile": "compile the model with torch.compile",
+    "compile": "torch.compile the model; None: if max_iters >= 2000 and a C++ compiler exists",
     "seed": "seed of the initial weights, the batches and dropout",
 }
 
