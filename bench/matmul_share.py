@@ -1,15 +1,15 @@
 """How much of a nanoGPT run is matrix products: the ceiling on a speed-up over it.
-
-nanoGPT's own model (model.py of a checkout, `torch.optim.AdamW`) and ours (`GPT` with the
-hand-written backward passes, eager and compiled, our AdamW) on nanoGPT's README CPU
-configuration, one thread, in this process: a training step (forward, backward, clipping,
-the optimizer) and an evaluation forward, each timed (median of --iters after warm-up) and
-then profiled (torch.profiler) to find the share of the self CPU time of all its events
-spent in the matrix products (aten::mm, bmm, addmm; the products inside nanoGPT's
-attention kernel are not counted, so the share is a lower bound). A run of the benchmark's configuration is 2,000
-steps and 3,600 evaluation forwards (9 evaluations of 2 splits x 200 batches). A program
-that spent no time at all outside the same matrix products would be faster than nanoGPT
-by at most run time / matrix-product time: the ceiling column.
+nanoGPT's own model (model.py of a checkout, `torch.optim.AdamW`) and ours (`GPT` with
+the hand-written backward passes, eager and compiled, our AdamW) on nanoGPT's README CPU
+configuration, one thread, in this process: a training step (forward, backward,
+clipping, the optimizer) and an evaluation forward, each timed (median of --iters after
+warm-up) and then profiled (torch.profiler) to find the share of the self CPU time of
+all its events spent in the matrix products (aten::mm, bmm, addmm; the products inside
+nanoGPT's attention kernel are not counted, so the share is a lower bound). A run of the
+benchmark's configuration is 2,000 steps and 3,600 evaluation forwards (9 evaluations of
+2 splits x 200 batches). A program that spent no time at all outside the same matrix
+products would be faster than nanoGPT by at most run time / matrix-product time: the
+ceiling column.
 
     python bench/matmul_share.py --nanogpt PATH [--iters 40]
 """
