@@ -1,4 +1,5 @@
 """How much of a nanoGPT run is matrix products: the ceiling on a speed-up over it.
+
 nanoGPT's own model (model.py of a checkout, `torch.optim.AdamW`) and ours (`GPT` with
 the hand-written backward passes, eager and compiled, our AdamW) on nanoGPT's README CPU
 configuration, one thread, in this process: a training step (forward, backward,
