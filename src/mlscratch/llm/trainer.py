@@ -279,8 +279,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.batches = torch.Generator().manual_seed(cfg.seed)  # the data position
         torch.manual_seed(cfg.seed + rank)  # dropout: a stream of its own in each process
-        self.net = torch.compile(self.model) if compile_pays(cfg) else self.model
-        self.compiled = self.net  # evaluations run it too (Run may wrap net for DDP)
+        self.net = self.compiled = torch.compile(self.model) if compile_pays(cfg) else self.model
         self.autocast = autocast(self.device, cfg.dtype)
         self.it, self.evaluated_at, self.loss, self.val = 0, None, None, {}
         self.best_val_loss, self.history, self.clock = math.inf, [], Throughput()
@@ -295,10 +294,9 @@ class Trainer:
     def evaluate(self):
         """Estimate the loss of both splits, on the same batches every time."""
         cfg, it = self.config, self.it
-        sizes = (cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed)
+        args = cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed, self.device, self.autocast
         dist = dict(rank=self.rank, world_size=self.world_size, reduce=self.all_reduce_sum)
-        model, autocast = self.compiled, self.autocast
-        self.val = estimate_loss(model, self.data, *sizes, self.device, autocast, **dist)
+        self.val = estimate_loss(self.compiled, self.data, *args, **dist)
         for name, value in self.val.items():
             check_finite(f"{name} loss", value, it)
         self.best_val_loss, self.evaluated_at = min(self.best_val_loss, self.val["val"]), it
